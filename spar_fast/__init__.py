@@ -14,9 +14,9 @@ _EXPORTS = {
     "Backbone": "spar_fast.backbones",
     "dense_features": "spar_fast.backbones",
     "teacher_features": "spar_fast.teacher",
-    "segment": "spar_fast.segment",
+    "segment": "spar_fast.segmentation",
     "distill": "spar_fast.train",
-    "evaluate": "spar_fast.evaluate",
+    "evaluate": "spar_fast.evaluation",
     "UserError": "spar_fast.errors",
 }
 

@@ -1,2 +1,4 @@
 """Low-level ops, each with a torch reference (``<op>_reference``) beside the dispatching function."""
 from .varlen_attention import varlen_attention, varlen_attention_reference  # noqa: F401
+from .stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,  # noqa: F401
+                     upsample_stitch_, upsample_stitch_reference)

@@ -1,0 +1,182 @@
+"""``Backbone``: an open_clip model run with spar_fast's own dense forward (SPEC §1).
+
+``forward`` takes a same-size batch ``[B, 3, H, W]`` through batched SDPA (the teacher's path);
+``forward_packed`` takes images of any sizes as one packed token sequence ``[T, C]`` with
+attention restricted to each image (``spar_fast.ops.varlen_attention``; the training path).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from . import registry
+from .layers import require_inactive, sdpa_attend, varlen_attend
+from .openclip_vit import OpenCLIPTower, is_openclip_vit
+from .siglip2 import SigLIP2Tower, is_siglip2
+
+log = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """Dense features of an open_clip model (SigLIP2 timm trunk or OpenCLIP VisionTransformer).
+
+    Attributes: ``family`` ("siglip2" | "openclip"), ``name``, ``patch_size``, ``window`` (native
+    size), ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model).
+    """
+
+    def __init__(self, model: nn.Module, name: str | None = None, open_clip_name: str | None = None):
+        super().__init__()
+        if is_siglip2(model):
+            tower = SigLIP2Tower(model)
+        elif is_openclip_vit(model):
+            tower = OpenCLIPTower(model)
+        else:
+            visual = getattr(model, "visual", None)
+            raise UserError(f"unsupported open_clip model: vision tower {type(visual).__name__} is neither a timm "
+                            "SigLIP2 trunk with an attention pool nor an open_clip VisionTransformer")
+        self.model = model
+        self.training = model.training  # mirror the wrapped model's train/eval mode
+        self._tower = tower
+        self._open_clip_name = open_clip_name
+        self._tokenizer = None
+        self.family = tower.family
+        self.name = name or (registry.spar_name(open_clip_name) if open_clip_name else None) or open_clip_name
+        self.patch_size = tower.patch_size
+        self.window = tower.window
+        self.feature_dim = tower.feature_dim
+        self.mean = tuple(tower.mean)
+        self.std = tuple(tower.std)
+        self.num_blocks = tower.num_blocks
+
+    # construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_open_clip(cls, model: nn.Module, name: str | None = None) -> "Backbone":
+        """Wrap an existing open_clip model (``name``: spar_fast or open_clip config name, for text)."""
+        open_clip_name = registry.KNOWN[name].open_clip_name if name in registry.KNOWN else name
+        return cls(model, name=name, open_clip_name=open_clip_name)
+
+    @classmethod
+    def from_pretrained(cls, name: str, pretrained: bool | str = True, device=None,
+                        trusted: bool = False) -> "Backbone":
+        """Build through open_clip. ``pretrained``: True (hub weights, needs network), a local
+        checkpoint path (any format of :func:`spar_fast.backbones.weights.load_weights`;
+        ``trusted`` allows full unpickling), or False (random init)."""
+        import open_clip
+
+        from .weights import load_weights
+
+        entry = registry.resolve(name)
+        registry.ensure_registered()
+        if pretrained not in (True, False, None) and not os.path.isfile(os.fspath(pretrained)):
+            raise UserError(f"checkpoint not found: {pretrained} (pretrained= takes True, False or a file path)")
+        if pretrained is True:
+            if entry.pretrained_tag is None:
+                raise UserError(f"{name!r} has no hub weights; pass a local checkpoint path as pretrained=PATH "
+                                "or pretrained=False for random init")
+            try:
+                model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
+            except Exception as exc:
+                raise UserError(f"cannot fetch the {name!r} hub weights ({entry.open_clip_name}, "
+                                f"{entry.pretrained_tag}): {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                                "offline, pass a local checkpoint path as pretrained=PATH "
+                                "(--weights PATH) or pretrained=False for random init") from exc
+        else:
+            model = open_clip.create_model(entry.open_clip_name, pretrained=None)
+            if pretrained is False or pretrained is None:
+                log.warning("backbone %s: random initialization (no pretrained weights)", name)
+            else:
+                load_weights(model, pretrained, trusted=trusted)
+        model.eval()
+        if device is not None:
+            model.to(device)
+        return cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
+
+    # geometry / parameters ------------------------------------------------------------------
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` of an ``H x W`` image (SigLIP2: ceil; OpenCLIP: floor)."""
+        return self._tower.grid(height, width)
+
+    def block_param_prefix(self, i: int) -> str:
+        """Prefix of block ``i``'s names in ``model.named_parameters()`` (negative ``i`` allowed)."""
+        return f"{self._tower.block_prefix}{self._block_index(i)}."
+
+    def _block_index(self, i: int, allow_end: bool = False) -> int:
+        n = self.num_blocks
+        if not -n <= i < n + int(allow_end):
+            raise UserError(f"block index {i} out of range for a backbone with {n} blocks")
+        return i + n if i < 0 else i
+
+    # dense forward --------------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor, batched: bool) -> None:
+        want = 4 if batched else 3
+        if images.dim() != want or images.shape[-3] != 3:
+            shape = "[B, 3, H, W]" if batched else "[3, H, W]"
+            raise UserError(f"expected images {shape}, got {list(images.shape)}")
+        h, w = self.grid(*images.shape[-2:])
+        if h < 1 or w < 1:
+            raise UserError(f"image {images.shape[-2]}x{images.shape[-1]} is smaller than one "
+                            f"{self.patch_size}x{self.patch_size} patch")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Same-size batch ``[B, 3, H, W]`` (normalized) -> features ``[B, h, w, C]``."""
+        self._check_images(images, batched=True)
+        if self.training:
+            require_inactive(self._tower.stochastic_modules())
+        tower = self._tower
+        x, grid = tower.embed(images)
+        for i in range(self.num_blocks):
+            x = tower.run_block(i, x, sdpa_attend)
+        return tower.finish(x, grid)
+
+    def forward_packed(self, images: list[torch.Tensor], grad_from_block: int = 0) -> list[torch.Tensor]:
+        """Images ``[3, Hi, Wi]`` of any sizes -> list of ``[hi, wi, C]``, as one packed sequence.
+
+        Embedding and blocks before ``grad_from_block`` (negative counts from the end;
+        ``num_blocks`` = only the head) run under ``torch.no_grad()``: no activations are kept.
+        """
+        if not images:
+            return []
+        for img in images:
+            self._check_images(img, batched=False)
+        if self.training:
+            require_inactive(self._tower.stochastic_modules())
+        first = self._block_index(grad_from_block, allow_end=True)
+        grad = torch.is_grad_enabled()
+        tower = self._tower
+        with torch.set_grad_enabled(grad and first == 0):
+            x, packing = tower.embed_packed(images)
+        attend = varlen_attend(packing.cu_seqlens, packing.max_seqlen)
+        for i in range(self.num_blocks):
+            with torch.set_grad_enabled(grad and i >= first):
+                x = tower.run_block(i, x, attend)
+        return tower.finish_packed(x, packing)
+
+    # text -----------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        """The open_clip tokenizer (loaded on first use; UserError when it needs an unreachable hub)."""
+        if self._tokenizer is None:
+            if self._open_clip_name is None:
+                raise UserError("this backbone was wrapped without a model name; pass name= to "
+                                "Backbone.from_open_clip to use its tokenizer")
+            from .text import load_tokenizer
+            registry.ensure_registered()
+            self._tokenizer = load_tokenizer(self._open_clip_name)
+        return self._tokenizer
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[N, context_length]``."""
+        return self.tokenizer(list(texts))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """``[N, D]`` fp32 L2-normalized text embeddings (``model.encode_text`` under no_grad)."""
+        from .text import encode_text
+        return encode_text(self.model, self.tokenizer, texts)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name}, family={self.family}, patch={self.patch_size}, window={self.window}, "
+                f"dim={self.feature_dim}, blocks={self.num_blocks}")

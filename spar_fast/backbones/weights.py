@@ -1,0 +1,108 @@
+"""Loading open_clip model weights from the checkpoint formats SPAR uses.
+
+Accepted (SPEC §4): an open_clip checkpoint (``torch.load``; a ``state_dict`` entry or a plain
+state dict; optional ``module.`` prefix), a safetensors file of the full open_clip state dict
+(spar_fast's own checkpoints), an official SPAR Lightning ``.ckpt`` (``state_dict`` keys under
+``segmentor.net.model.``), or a plain dict whose keys start with ``model.``. The prefix is
+stripped and the model loaded strictly.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+# checked in order; the first prefix that any key carries selects (and is stripped from) those keys
+_PREFIXES = ("segmentor.net.model.", "model.")
+
+
+def read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """The open_clip state dict stored in ``path`` (any accepted format), on CPU.
+
+    ``trusted=True`` allows full unpickling for checkpoints that hold Python objects besides
+    tensors (some Lightning ``.ckpt`` files); only use it for files you trust.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path}: holds Python objects besides tensors that torch.load(weights_only=True) "
+                        "refuses; if you trust the file, load it with trusted=True") from exc
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    return extract_state_dict(ckpt, path)
+
+
+def extract_state_dict(ckpt, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the open_clip state dict inside a loaded checkpoint object and strip its prefix."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not ckpt:
+        raise UserError(f"{source}: no state dict found (got {type(ckpt).__name__})")
+    if all(k.startswith("module.") for k in ckpt):
+        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in ckpt):
+            ckpt = {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
+            break
+    return {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (", ..." if len(keys) > n else "")
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line UserError on any mismatch."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_examples(unexpected)})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} with other shapes ({k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        raise UserError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_weights(model: nn.Module, path: str, trusted: bool = False) -> nn.Module:
+    """Load the checkpoint at ``path`` (any accepted format) into the open_clip ``model`` strictly."""
+    load_state_dict_strict(model, read_state_dict(path, trusted=trusted), os.fspath(path))
+    return model
+
+
+def save_weights(model: nn.Module, path: str) -> None:
+    """Write the full open_clip state dict as safetensors, atomically (temp file + rename).
+
+    Tensors are cloned to CPU so none share storage (safetensors refuses shared tensors).
+    """
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

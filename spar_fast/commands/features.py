@@ -1,0 +1,109 @@
+"""``spar-fast features``: compute the teacher's stitched features for a folder of images."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UserError
+
+_SHOW_SKIPPED = 20  # skipped images listed one per line in the summary; the rest are counted
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "features", help="compute sliding-window teacher targets into a feature store",
+        description="Augment every image once (SPAR §3), run the stride-24 sliding-window teacher "
+                    "on it and store the stitched features as safetensors shards. Rerunning the "
+                    "same command resumes: finished shards are kept, the rest is recomputed. "
+                    "Under torchrun each rank processes every WORLD_SIZE-th image.")
+    p.add_argument("images", metavar="IMAGES_DIR_OR_LIST",
+                   help="a folder (searched recursively) or a text file with one image path per "
+                        "line (optionally 'path<TAB>id'; relative to the list file)")
+    p.add_argument("--out", required=True, metavar="STORE", help="feature store folder to create or resume")
+    p.add_argument("--backbone", default="siglip2-b16-512",
+                   help="teacher backbone name (default: %(default)s)")
+    p.add_argument("--pretrained", default=None, metavar="PATH|none",
+                   help="weights: a checkpoint path, or 'none' for random init "
+                        "(default: the backbone's published weights)")
+    p.add_argument("--stride", type=_positive, default=24, help="window stride in pixels (default: 24)")
+    p.add_argument("--augment", choices=("default", "extended", "none"), default="default",
+                   help="SPAR augmentation: default (scale 2048x1024, rho in [0.5,1]), extended "
+                        "(2560x2560, rho in [0.2,1]) or none (only resized to multiples of 16, "
+                        "short side >= 512)")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+                   help="stored target precision (default: fp16)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--seed", type=_non_negative, default=0,
+                   help="augmentation seed; each image's draw depends only on it and the image id")
+    p.add_argument("--shard-size", type=_positive, default=32, dest="shard_size",
+                   help="images per shard file (default: 32)")
+    p.add_argument("--limit", type=_positive, default=None, help="process only the first N images")
+    p.add_argument("--no-progress", action="store_false", dest="progress",
+                   help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _pretrained(value):
+    if value is None:
+        return True
+    if value.lower() == "none":
+        return False
+    return value
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable lines for an :func:`extract_features` summary."""
+    rate = s["computed"] / s["seconds"] if s["seconds"] > 0 else 0.0
+    lines = [f"images: {s['images']}  ok: {s['ok']}  skipped: {len(s['skipped'])}  "
+             f"computed: {s['computed']}  resumed: {s['resumed']}  ranks: {s['world_size']}",
+             f"time: {s['seconds']:.1f} s ({rate:.2f} images/s computed)  "
+             f"store: {s['store']} ({_size(s['store_bytes'])})"]
+    for image_id, reason in s["skipped"][:_SHOW_SKIPPED]:
+        lines.append(f"  skipped {image_id}: {reason}")
+    if len(s["skipped"]) > _SHOW_SKIPPED:
+        lines.append(f"  ... and {len(s['skipped']) - _SHOW_SKIPPED} more skipped (see the shard indexes)")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..store import extract_features
+    from ..store.dist import dist_env
+
+    if not args.out:
+        raise UserError("--out must name a folder")
+    summary = extract_features(args.images, args.out, backbone=args.backbone,
+                               pretrained=_pretrained(args.pretrained), stride=args.stride,
+                               augment=args.augment, dtype=args.dtype, device=args.device,
+                               seed=args.seed, shard_size=args.shard_size, limit=args.limit,
+                               progress=args.progress)
+    if dist_env()[0] == 0:
+        print(format_summary(summary))
+    return 0

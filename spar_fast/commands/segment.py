@@ -1,0 +1,64 @@
+"""``spar-fast segment``: open-vocabulary label map of one image, drawn as an overlay."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment an image with free-text classes",
+        description="Open-vocabulary segmentation of one image: a colored overlay with a legend "
+                    "of the classes present, and optionally the raw label mask.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", help="input image file")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
+                                         '(e.g. "road, street; car; sky")')
+    group.add_argument("--class-file", help="text file with one class per line (synonyms "
+                                            'separated by ", ")')
+    from ..segment.cli_args import add_model_args, add_resize_arg
+    add_model_args(p)
+    add_resize_arg(p)
+    p.add_argument("--mode", choices=("single", "slide"), default="single",
+                   help="single pass, or sliding window at --stride")
+    p.add_argument("--stride", type=int, default=24, help="sliding-window stride in pixels")
+    p.add_argument("--logit-scale", type=float, default=40.0, help="logit scale before softmax")
+    p.add_argument("--prob-thd", type=float, default=0.0,
+                   help="pixels whose best probability is below this become class 0")
+    p.add_argument("--area-thd", type=float, default=None,
+                   help="drop classes 1.. whose area is at most this fraction of classes 1..")
+    p.add_argument("-o", "--output", required=True, help="overlay image (.png or .jpg)")
+    p.add_argument("--save-mask", default=None, help="also write the label indices as a PNG")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..segment.cli_args import check_output, load_model, model_input, read_image
+    from ..segment.infer import segment
+    from ..segment.queries import default_cache_dir, parse_classes
+    from ..segment.render import overlay, save_mask
+
+    check_output(args.output, (".png", ".jpg", ".jpeg"))
+    if args.save_mask:
+        check_output(args.save_mask, (".png",))
+    lines = parse_classes(args.classes if args.classes is not None else _class_file(args.class_file))
+    image = read_image(args.image)
+    bb = load_model(args)
+    x = model_input(image, bb, args.no_resize)
+    labels = segment(bb, x, lines, mode=args.mode, logit_scale=args.logit_scale,
+                     prob_thd=args.prob_thd, area_thd=args.area_thd, out_hw=image.shape[:2],
+                     stride=args.stride, cache_dir=default_cache_dir()).cpu().numpy()
+    overlay(image, labels, lines).save(args.output)
+    if args.save_mask:
+        save_mask(labels, len(lines), args.save_mask)
+    print(f"wrote {args.output}" + (f" and {args.save_mask}" if args.save_mask else ""))
+    return 0
+
+
+def _class_file(path: str) -> str:
+    import os
+
+    from ..errors import UserError
+    if not os.path.isfile(path):
+        raise UserError(f"class file not found: {path}")
+    return path

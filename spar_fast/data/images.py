@@ -1,0 +1,217 @@
+"""Robust image loading and image lists.
+
+:func:`load_image` turns any common image file into ``uint8 [H, W, 3]`` RGB:
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright as viewers
+  show it.
+* Grayscale (``1``, ``L``) is replicated to three channels.
+* Alpha (``LA``, ``RGBA``, ``PA``, palette images with a transparency entry) is composited onto
+  black: ``rgb * alpha / 255``, rounded. Fully transparent pixels become black whatever colour
+  they hold, so garbage under the alpha never reaches the teacher.
+* 16-bit grayscale (``I;16*``, and ``I``, read as 16-bit range) is scaled with
+  ``round(v / 257)`` (65535 -> 255), never clipped. 16-bit RGB PNG / TIFF are scaled by Pillow
+  itself to the high byte (``v >> 8``), at most one level from ``round(v / 257)``. Float (``F``)
+  images are read as values in [0, 1].
+* CMYK, YCbCr, LAB, HSV go through Pillow's conversion to RGB (embedded ICC profiles are not
+  applied). Multi-frame files (GIF, TIFF) give their first frame.
+
+Files that cannot be decoded completely raise :class:`ImageLoadError` (a ``UserError``) with a
+one-line reason: missing, empty, not an image, truncated, corrupt, or too large. Pillow's
+``LOAD_TRUNCATED_IMAGES`` is left False so truncation is detected by ``load()``.
+
+:func:`list_images` turns a directory, a list file or a list of paths into ``ImageItem(id, path)``
+with stable ids (see there).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp",
+                    ".gif", ".ppm", ".pgm", ".pbm", ".pnm")
+
+
+class ImageLoadError(UserError):
+    """An image file that cannot be decoded into RGB (message: one line with path and reason)."""
+
+
+class ImageItem(NamedTuple):
+    """One input image: its stable id and the file to read."""
+    id: str
+    path: str
+
+
+def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W, 4]`` -> ``uint8 [H, W, 3]``: ``round(rgb * a / 255)`` in integers."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    return ((rgb * alpha + 127) // 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """A loaded, upright PIL image in any mode -> ``uint8 [H, W, 3]`` RGB."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img).astype(np.float64)
+        gray = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        gray = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        return _composite_on_black(np.asarray(img.convert("RGBA")))
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; an unreadable EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF must not make a decodable image unusable
+        return img
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as upright RGB.
+
+    Returns ``uint8 [H, W, 3]`` (C-contiguous, writable). Raises :class:`ImageLoadError` for anything that
+    does not decode completely.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise ImageLoadError(f"{path}: empty file")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = _to_rgb(_upright(img))
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{path}: image too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        kind = "truncated" if "truncated" in reason.lower() else "corrupt"
+        raise ImageLoadError(f"{path}: {kind} image ({reason})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageLoadError(f"{path}: unexpected decoded shape {rgb.shape}")
+    return rgb if rgb.flags.c_contiguous and rgb.flags.writeable else np.array(rgb, order="C")
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _strip_ext(rel: str) -> str:
+    root, _ = os.path.splitext(rel)
+    return root
+
+
+def _unique_ids(pairs: list[tuple[str, str, str]]) -> list[ImageItem]:
+    """``(id, id_with_extension, path)`` -> items; ids shared by several files keep the extension
+    (``a.jpg`` and ``a.png`` in one folder become ``a.jpg`` and ``a.png``)."""
+    counts: dict[str, int] = {}
+    for image_id, _, _ in pairs:
+        counts[image_id] = counts.get(image_id, 0) + 1
+    items = [ImageItem(full if counts[image_id] > 1 else image_id, path)
+             for image_id, full, path in pairs]
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise UserError(f"image id {item.id!r} occurs twice in the image list")
+        seen.add(item.id)
+    return items
+
+
+def _from_directory(root: Path) -> list[ImageItem]:
+    pairs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if _is_image_name(name):
+                full = os.path.join(dirpath, name)
+                rel = Path(os.path.relpath(full, root)).as_posix()
+                pairs.append((_strip_ext(rel), rel, full))
+    pairs.sort(key=lambda p: p[1])
+    if not pairs:
+        raise UserError(f"no images found under {root} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    return _unique_ids(pairs)
+
+
+def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
+    """Entries: a path (id = the path as written, normalized, without extension) or an
+    ``(id, path)`` pair. Relative paths resolve against ``base`` when given."""
+    pairs = []
+    for entry in entries:
+        if isinstance(entry, (tuple, list)):
+            if len(entry) != 2:
+                raise UserError(f"image list entry {entry!r} is not (id, path)")
+            image_id, path = str(entry[0]), os.fspath(entry[1])
+            full_id = image_id
+        else:
+            path = os.fspath(entry)
+            written = Path(os.path.normpath(path)).as_posix()
+            image_id, full_id = _strip_ext(written), written
+        if base is not None and not os.path.isabs(path):
+            path = os.path.join(base, path)
+        pairs.append((image_id, full_id, path))
+    if not pairs:
+        raise UserError("the image list is empty")
+    return _unique_ids(pairs)
+
+
+def _read_list_file(path: Path) -> list:
+    """One image per line: ``path`` or ``path<TAB>id``; blank lines and ``#`` comments skipped."""
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "\t" in line:
+            file_path, image_id = (part.strip() for part in line.split("\t", 1))
+            entries.append((image_id, file_path))
+        else:
+            entries.append(line)
+    return entries
+
+
+def list_images(source) -> list[ImageItem]:
+    """The images to process, in a stable order.
+
+    ``source`` is one of:
+
+    * a directory: searched recursively (hidden files and folders skipped) for the extensions in
+      ``IMAGE_EXTENSIONS`` (any case), sorted by relative path; id = relative path (``/``
+      separators) without extension;
+    * a text file: one ``path`` or ``path<TAB>id`` per line, relative paths resolved against the
+      list file's folder, order kept; id = the given id, or the path as written without extension;
+    * a Python list of paths or ``(id, path)`` pairs, handled like the lines of a list file
+      (relative paths against the current directory).
+
+    Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension. Listed files are
+    not opened here: unreadable ones are reported when loaded. Raises ``UserError`` for a missing
+    source, an empty list or a duplicated id.
+    """
+    if isinstance(source, (list, tuple)):
+        return _from_entries(source, None)
+    path = Path(os.fspath(source))
+    if path.is_dir():
+        return _from_directory(path)
+    if path.is_file():
+        if _is_image_name(path.name):
+            return _from_entries([(_strip_ext(path.name), str(path))], None)
+        return _from_entries(_read_list_file(path), path.parent)
+    raise UserError(f"{path}: no such directory or image list file")

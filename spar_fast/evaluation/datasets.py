@@ -1,0 +1,170 @@
+"""Readers of the six evaluation datasets in their standard MMSeg layouts (SPEC §5.5), PIL only.
+
+``root`` may be the dataset folder itself or a parent holding it under its standard name, so one
+data folder serves all six (``--all``)::
+
+    voc21, voc20         VOC2012/{JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt}
+                         (also under VOCdevkit/)
+    context60, context59 VOC2010/{JPEGImages, SegmentationClassContext,
+                         ImageSets/SegmentationContext/val.txt} (also under VOCdevkit/)
+    cityscapes           cityscapes/{leftImg8bit/val/*/*_leftImg8bit.png,
+                         gtFine/val/*/*_gtFine_labelTrainIds.png}
+    ade20k               ADEChallengeData2016/{images, annotations}/validation (also under ade/)
+
+Labels are read as stored (palette indices for VOC PNGs). ``reduce_zero_label`` (voc20,
+context59, ade20k) maps 0 -> 255 and k -> k - 1, 255 stays ignored.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import UserError
+from ..segment.classes import BUILTIN
+from ..segment.preprocess import CITYSCAPES_SCALE, TEST_SCALE
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One evaluation image: its id, image path and label path."""
+    id: str
+    image: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    folder: str            # the dataset folder's standard name
+    parents: tuple         # standard parents of that folder under a data root
+    reduce_zero_label: bool
+    scale: tuple           # test resize (long, short)
+
+    @property
+    def classes(self) -> tuple:
+        return BUILTIN[self.name]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+DATASETS = {
+    "voc21": DatasetSpec("voc21", "VOC2012", ("VOCdevkit",), False, TEST_SCALE),
+    "voc20": DatasetSpec("voc20", "VOC2012", ("VOCdevkit",), True, TEST_SCALE),
+    "context60": DatasetSpec("context60", "VOC2010", ("VOCdevkit",), False, TEST_SCALE),
+    "context59": DatasetSpec("context59", "VOC2010", ("VOCdevkit",), True, TEST_SCALE),
+    "cityscapes": DatasetSpec("cityscapes", "cityscapes", (), False, CITYSCAPES_SCALE),
+    "ade20k": DatasetSpec("ade20k", "ADEChallengeData2016", ("ade",), True, TEST_SCALE),
+}
+
+# Files/folders (relative to the dataset folder) whose presence identifies it.
+_MARKERS = {
+    "VOC2012": ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation/val.txt"),
+    "VOC2010": ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt"),
+    "cityscapes": ("leftImg8bit/val", "gtFine/val"),
+    "ADEChallengeData2016": ("images/validation", "annotations/validation"),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def find_dataset_dir(spec: DatasetSpec, root) -> Path:
+    """The dataset folder under ``root`` (itself, ``root/<folder>`` or ``root/<parent>/<folder>``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{spec.name}: data root {root} is not a directory")
+    candidates = [root, root / spec.folder] + [root / p / spec.folder for p in spec.parents]
+    markers = _MARKERS[spec.folder]
+    for cand in candidates:
+        if all((cand / m).exists() for m in markers):
+            return cand
+    expected = root / (spec.parents[0] if spec.parents else "") / spec.folder
+    raise UserError(f"{spec.name}: no dataset under {root}; expected {expected}/"
+                    f"{{{', '.join(markers)}}}")
+
+
+def _split_ids(path: Path) -> list[str]:
+    ids = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not ids:
+        raise UserError(f"split file {path} lists no images")
+    return ids
+
+
+def _paired(ids, image_of, label_of, what: str) -> list[Sample]:
+    samples = []
+    for i in ids:
+        image, label = image_of(i), label_of(i)
+        for p in (image, label):
+            if not p.is_file():
+                raise UserError(f"{what}: missing file {p}")
+        samples.append(Sample(i, str(image), str(label)))
+    return samples
+
+
+def list_samples(name: str, root) -> list[Sample]:
+    """All validation samples of dataset ``name`` under ``root``, in a stable order."""
+    spec = get_spec(name)
+    d = find_dataset_dir(spec, root)
+    if spec.folder == "VOC2012":
+        ids = _split_ids(d / "ImageSets/Segmentation/val.txt")
+        return _paired(ids, lambda i: d / "JPEGImages" / f"{i}.jpg",
+                       lambda i: d / "SegmentationClass" / f"{i}.png", spec.name)
+    if spec.folder == "VOC2010":
+        ids = _split_ids(d / "ImageSets/SegmentationContext/val.txt")
+        return _paired(ids, lambda i: d / "JPEGImages" / f"{i}.jpg",
+                       lambda i: d / "SegmentationClassContext" / f"{i}.png", spec.name)
+    if spec.folder == "cityscapes":
+        suffix = "_leftImg8bit.png"
+        images = sorted((d / "leftImg8bit/val").glob(f"*/*{suffix}"))
+        ids = [str(p.relative_to(d / "leftImg8bit/val"))[:-len(suffix)] for p in images]
+        samples = _paired(ids, lambda i: d / "leftImg8bit/val" / f"{i}{suffix}",
+                          lambda i: d / "gtFine/val" / f"{i}_gtFine_labelTrainIds.png", spec.name)
+    else:
+        images = sorted((d / "images/validation").glob("*.jpg"))
+        ids = [p.stem for p in images]
+        samples = _paired(ids, lambda i: d / "images/validation" / f"{i}.jpg",
+                          lambda i: d / "annotations/validation" / f"{i}.png", spec.name)
+    if not samples:
+        raise UserError(f"{spec.name}: no validation images found under {d}")
+    return samples
+
+
+def load_label(path: str, reduce_zero_label: bool) -> np.ndarray:
+    """Label PNG -> ``uint8 [H, W]`` class indices (255 = ignore), reduced if asked."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise UserError(f"label {path} has mode {img.mode}; expected a single-channel PNG")
+            label = np.array(img)
+    except (OSError, SyntaxError) as exc:
+        raise UserError(f"cannot read label {path}: {exc}") from None
+    if label.dtype != np.uint8:
+        if label.max() > 255 or label.min() < 0:
+            raise UserError(f"label {path} has values outside 0..255")
+        label = label.astype(np.uint8)
+    if reduce_zero_label:
+        label[label == 0] = 255
+        label = label - 1
+        label[label == 254] = 255
+    return label
+
+
+def load_sample(sample: Sample, reduce_zero_label: bool):
+    """``(image uint8 [H, W, 3], label uint8 [H, W])``; a size mismatch is a ``UserError``."""
+    from ..data.images import load_image
+
+    image = load_image(sample.image)
+    label = load_label(sample.label, reduce_zero_label)
+    if image.shape[:2] != label.shape:
+        raise UserError(f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its label "
+                        f"{os.path.basename(sample.label)} is {label.shape[1]}x{label.shape[0]}")
+    return image, label

@@ -1,0 +1,158 @@
+"""Open-vocabulary segmentation head: patch logits -> label map (SPEC §5, steps 2-3).
+
+``logits [h, w, Q]`` are cosine similarities of the dense features with ``Q`` text queries;
+``query_to_class [Q]`` gives the class of each query (several queries of one class are synonyms;
+classes ``0..K-1`` with ``K = max(query_to_class) + 1``). The label map ``[H, W]`` (int64) is for
+the ORIGINAL image size ``out_hw``.
+
+:func:`seg_head_reference` is the specification, written as the reference postprocess: bilinear
+upsample to ``[Q, H, W]`` fp32, ``* logit_scale + logit_bias``, softmax over queries, per-class max
+probability ``[K, H, W]``, the optional ``area_thd`` filter, argmax, ``prob_thd``.
+
+:func:`seg_head` computes the same labels without materializing ``[Q, H, W]``: per output pixel
+the bilinear value of every query (4 taps), the max ``m`` and, only when ``prob_thd > 0``, the
+sum ``s = sum_q exp(z_q - m)`` over the scaled logits ``z``. Softmax is monotonic, so the class
+with the highest per-class probability is the class of the highest ``z`` and that probability is
+``exp(z_best - m) / s``. Queries are sorted by class first (stable), so the first maximal query is
+also the lowest class among exact ties, as ``argmax`` over classes picks. With ``area_thd`` a
+first pass (argmax only) gives the per-class areas; a second pass restricted to the allowed
+classes runs only when a present class is filtered out or ``prob_thd > 0``.
+
+Backends (``spar_fast._backend.choose("seg_head")``): ``torch`` (the reference), ``cpp``
+(``csrc/seg_head_cpu.cpp``) and ``triton`` (``kernels/seg_head.py``). The fused backends agree
+with the reference except at near-ties: they compare scaled logits where the reference compares
+rounded probabilities, and they sum ``exp`` in a different order.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _backend
+from ..errors import UserError
+
+LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED = ("torch", "cpp", "triton")
+
+
+def _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd) -> tuple[int, int]:
+    """Validate the arguments (one-line ``UserError`` each); returns ``(H, W)``."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise UserError(f"seg_head logits must be a [h, w, Q] tensor, got "
+                        f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise UserError(f"seg_head logits dtype must be float32, float16 or bfloat16, got {logits.dtype}")
+    h, w, Q = logits.shape
+    if min(h, w, Q) < 1:
+        raise UserError(f"seg_head logits must be non-empty [h, w, Q], got {tuple(logits.shape)}")
+    if (not isinstance(query_to_class, torch.Tensor) or query_to_class.dim() != 1
+            or query_to_class.dtype.is_floating_point or query_to_class.dtype.is_complex
+            or query_to_class.dtype == torch.bool):
+        raise UserError("seg_head query_to_class must be a 1-D integer tensor")
+    if query_to_class.shape[0] != Q:
+        raise UserError(f"seg_head query_to_class has {query_to_class.shape[0]} entries but logits "
+                        f"have Q={Q} queries")
+    if int(query_to_class.min()) < 0:
+        raise UserError(f"seg_head query_to_class must be >= 0, got min {int(query_to_class.min())}")
+    try:
+        H, W = (int(v) for v in out_hw)
+    except (TypeError, ValueError):
+        raise UserError(f"seg_head out_hw must be (H, W), got {out_hw!r}") from None
+    if H < 1 or W < 1 or H * W >= 2 ** 31:
+        raise UserError(f"seg_head out_hw must be positive with H*W < 2**31, got {(H, W)}")
+    for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias), ("prob_thd", prob_thd)):
+        if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+            raise UserError(f"seg_head {name} must be a finite number, got {value!r}")
+    if area_thd is not None and (not isinstance(area_thd, (int, float)) or not area_thd >= 0):
+        raise UserError(f"seg_head area_thd must be None or a number >= 0, got {area_thd!r}")
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError("seg_head logits contain NaN or infinity")
+    return H, W
+
+
+def seg_head_reference(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[int, int],
+                       logit_scale: float = 40.0, logit_bias: float = 0.0, prob_thd: float = 0.0,
+                       area_thd: float | None = None) -> torch.Tensor:
+    """The reference postprocess, unfused: ``[h, w, Q]`` logits -> LongTensor ``[H, W]``.
+
+    Materializes ``[Q, H, W]`` and ``[K, H, W]`` fp32 (K = number of classes).
+    """
+    H, W = _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
+    return _reference(logits, query_to_class, (H, W), logit_scale, logit_bias, prob_thd, area_thd)
+
+
+def _reference(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd) -> torch.Tensor:
+    H, W = out_hw
+    q2c = query_to_class.to(logits.device, torch.int64)
+    K = int(q2c.max()) + 1
+    x = logits.float().permute(2, 0, 1).unsqueeze(0).contiguous()  # [1, Q, h, w]
+    up = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False, antialias=False)[0]
+    probs = (up * logit_scale + logit_bias).softmax(0)  # [Q, H, W]
+    # per class the max probability over its queries (0 for a class without queries)
+    index = q2c[:, None, None].expand(probs.shape)
+    cls_probs = probs.new_zeros((K, H, W)).scatter_reduce_(0, index, probs, "amax")  # [K, H, W]
+    if area_thd is not None:
+        area = torch.bincount(cls_probs.argmax(0).flatten(), minlength=K)[1:].to(cls_probs.dtype)
+        keep = (area > area_thd * area.sum()).to(cls_probs.dtype)  # [K-1]
+        cls_probs[1:] *= keep[:, None, None]
+    pred = cls_probs.argmax(0)
+    pred[cls_probs.amax(0) < prob_thd] = 0
+    return pred
+
+
+def bilinear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source taps of a bilinear resize ``n_in -> n_out`` (align_corners=False), as ATen computes
+    them in fp32: ``src = max(s * (o + 0.5) - 0.5, 0)`` with ``s = fp32(1 / (n_out / n_in))``, ``i0 = min(floor(src), n_in - 1)``,
+    ``i1 = i0 + (i0 < n_in - 1)``, ``w1 = clamp(src - i0, 0, 1)``, ``w0 = 1 - w1``; the identity when
+    ``n_in == n_out``. Returns ``(index int32 [2, n_out] = (i0, i1), weight fp32 [2, n_out])``.
+    """
+    o = torch.arange(n_out, dtype=torch.float32)
+    if n_in == n_out:
+        i0, w1 = o.to(torch.int64), torch.zeros(n_out)
+    else:
+        # F.interpolate(size=...) hands ATen the fp64 factor n_out / n_in and ATen inverts it;
+        # this reproduces its taps exactly for most sizes and to one ulp of src for the rest
+        scale = torch.tensor(1.0 / (n_out / n_in), dtype=torch.float32)
+        src = (scale * (o + 0.5) - 0.5).clamp_min(0)
+        i0 = src.floor().to(torch.int64).clamp_max(n_in - 1)
+        w1 = (src - i0).clamp(0, 1)
+    i1 = i0 + (i0 < n_in - 1).to(torch.int64)
+    index = torch.stack([i0, i1]).to(device, torch.int32)
+    weight = torch.stack([1 - w1, w1]).to(device)
+    return index, weight
+
+
+def _fused_pass(backend: str, x, qcls, qallowed, taps, logit_scale, logit_bias, prob_thd) -> torch.Tensor:
+    if backend == "triton":
+        run = _backend.triton_kernels("seg_head").seg_head_pass
+    else:
+        run = _backend.extension().seg_head_pass
+    return run(x, qcls, qallowed, *taps, float(logit_scale), float(logit_bias), float(prob_thd))
+
+
+def seg_head(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[int, int],
+             logit_scale: float = 40.0, logit_bias: float = 0.0, prob_thd: float = 0.0,
+             area_thd: float | None = None) -> torch.Tensor:
+    """Label map LongTensor ``[H, W]`` of ``logits [h, w, Q]`` (fp32 / fp16 / bf16) with classes
+    ``query_to_class [Q]``, at ``out_hw = (H, W)``; same result as :func:`seg_head_reference`
+    (up to near-ties) without the ``[Q, H, W]`` intermediate."""
+    H, W = _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
+    backend = _backend.choose("seg_head", logits.device, supported=SUPPORTED)
+    if backend == "torch":
+        return _reference(logits, query_to_class, (H, W), logit_scale, logit_bias, prob_thd, area_thd)
+    device = logits.device
+    qcls, order = torch.sort(query_to_class.to(device, torch.int64), stable=True)
+    x = logits.index_select(2, order).contiguous()  # [h, w, Q], queries sorted by class
+    taps = (*bilinear_taps(logits.shape[0], H, device), *bilinear_taps(logits.shape[1], W, device))
+    if area_thd is None:
+        return _fused_pass(backend, x, qcls, None, taps, logit_scale, logit_bias, prob_thd)
+    raw = _fused_pass(backend, x, qcls, None, taps, logit_scale, logit_bias, 0.0)  # argmax only
+    K = int(qcls[-1]) + 1
+    hist = torch.bincount(raw.flatten(), minlength=K)
+    area = hist[1:].float()
+    allowed = torch.cat([area.new_ones(1, dtype=torch.bool), area > area_thd * area.sum()])  # [K]
+    if bool(((hist > 0) & ~allowed).any()):
+        return _fused_pass(backend, x, qcls, allowed[qcls].contiguous(), taps, logit_scale, logit_bias, prob_thd)
+    if prob_thd > 0:
+        return _fused_pass(backend, x, qcls, None, taps, logit_scale, logit_bias, prob_thd)
+    return raw

@@ -1,0 +1,112 @@
+"""Checkpoints: the full open_clip state dict as safetensors + a trainer state file, atomically.
+
+Layout in a run directory:
+
+* ``weights-<step>.safetensors`` — the latest periodic weights (older ones are deleted once the
+  state file points past them);
+* ``final.safetensors`` — the weights after the last step (replaces the periodic file);
+* ``trainer_state.pt`` — optimizer, grad scaler, step / epoch / position in the epoch, RNG
+  states, run settings, and the NAME of the weights file it belongs to.
+
+Every file is written to a temporary name, fsynced, then ``os.replace``d. The weights file is
+written first under a new name and the state file last, so after a kill at any point the state
+file names a complete weights file of the same step (a consistent pair).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.pt"
+FINAL_WEIGHTS = "final.safetensors"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: str, write) -> None:
+    """Call ``write(tmp_path)``, fsync it, move it to ``path``, fsync the directory."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` on CPU, contiguous, with tensors that share storage copied apart
+    (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
+
+
+def save_weights(model: torch.nn.Module, path: str, metadata: dict[str, str] | None = None) -> None:
+    """Atomically write the full open_clip state dict of ``model`` to ``path`` (safetensors)."""
+    state = full_state_dict(model)
+    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def load_weights_into(model: torch.nn.Module, path: str) -> None:
+    """Load a file written by :func:`save_weights` into ``model`` (strict)."""
+    model.load_state_dict(load_file(path), strict=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False) -> str:
+    """Write weights then the state file (``state`` gains ``weights``); prune older weights.
+
+    Returns the weights path."""
+    name = FINAL_WEIGHTS if final else f"weights-{state['global_step']:08d}.safetensors"
+    path = os.path.join(run_dir, name)
+    save_weights(model, path, metadata={"global_step": str(state["global_step"])})
+    state = dict(state, weights=name, rng=rng_state())
+    _atomic(os.path.join(run_dir, STATE_FILE), lambda tmp: torch.save(state, tmp))
+    for other in os.listdir(run_dir):
+        if other.startswith("weights-") and other.endswith(".safetensors") and other != name:
+            os.remove(os.path.join(run_dir, other))
+    return path
+
+
+def load_checkpoint(run_dir: str) -> dict | None:
+    """The saved trainer state of ``run_dir`` (with ``weights`` as a full path), or ``None``."""
+    path = os.path.join(run_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["weights"] = os.path.join(run_dir, state["weights"])
+    return state

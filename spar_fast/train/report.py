@@ -1,0 +1,66 @@
+"""Run reporting: ``metrics.jsonl`` (one JSON object per step) and the ``loss.png`` curve."""
+from __future__ import annotations
+
+import json
+import os
+
+
+class MetricsLog:
+    """Appends step records to ``<run_dir>/metrics.jsonl``.
+
+    On resume, records of steps after the resumed step are dropped first, so the log matches
+    the weights (a killed run may have logged steps it never checkpointed)."""
+
+    def __init__(self, run_dir: str, resume_step: int = 0):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
+        with open(self.path, "w") as f:
+            for record in kept:
+                f.write(json.dumps(record) + "\n")
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Records of a ``metrics.jsonl`` (a torn last line from a kill is skipped)."""
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def plot_loss(run_dir: str) -> str | None:
+    """Write ``<run_dir>/loss.png`` from ``metrics.jsonl`` (per-step loss and its running mean)."""
+    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    loss = [r["loss"] for r in records]
+    window = max(1, len(loss) // 20)
+    smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
+              for i in range(len(loss))]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss (step)")
+    ax.plot(steps, smooth, lw=1.5, label=f"running mean ({window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(run_dir, "loss.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,229 @@
+"""The distillation loop (SPEC §4): student initialized from the teacher, MSE to stored targets.
+
+Defaults are the reference recipe: AdamW (lr 2e-5, weight decay 1e-4), constant lr, 10 epochs,
+unfreeze ``blk_-1,blk_-2``, one image per step per process. Improvements are options: packing
+several images per forward under a token budget (the step loss stays the MEAN of per-image MSEs,
+so one image per step is exactly the reference loss), gradient accumulation, lr warmup / cosine.
+Precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU; ``fp16`` = fp16 autocast + GradScaler
+(the reference's choice); ``bf16``; ``fp32``. Targets are upcast to fp32 for the loss.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed
+import torch.nn.functional as F
+
+from ..errors import UserError
+from . import checkpoint as ckpt
+from .dist import barrier, init_from_env, sum_gradients, sum_scalar
+from .loader import StoreDataset, make_loader
+from .report import MetricsLog, plot_loss
+from .sampler import PackingSampler
+from .unfreeze import apply_unfreeze
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a run; all but the last group must match when a run is resumed."""
+
+    backbone: str
+    pretrained: object
+    unfreeze: str = "blk_-1,blk_-2"
+    tokens_per_step: int | None = None
+    chunks_per_step: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    precision: str = "fp32"
+    seed: int = 0
+    epochs: int = 10  # may change on resume (longer training) unless the schedule is cosine
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.epochs < 1:
+        raise UserError(f"epochs must be >= 1, got {cfg.epochs}")
+    if not cfg.lr > 0:
+        raise UserError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise UserError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.schedule not in SCHEDULES:
+        raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.warmup_steps < 0:
+        raise UserError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate of 0-based ``step`` out of ``total``: constant, linear warmup, cosine decay."""
+    factor = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    return cfg.lr * factor
+
+
+def _resume_state(run_dir: str, cfg: TrainConfig, resume: bool) -> dict | None:
+    state = ckpt.load_checkpoint(run_dir) if resume else None
+    if state is None:
+        return None
+    saved = dict(state["config"])
+    now = asdict(cfg)
+    ignore = {"epochs"} if cfg.schedule == "constant" else set()
+    diff = [k for k in now if k not in ignore and saved.get(k) != now[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        raise UserError(f"{run_dir} holds a run with other settings ({details}); "
+                        "use another output directory, or disable resuming to start over")
+    return state
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def step_loss(bb, images, targets, first_block: int, n_global: int, device, precision) -> torch.Tensor:
+    """Sum over the chunk of per-image MSE (fp32, over all elements) divided by ``n_global``.
+
+    ``images``: list of ``[3,Hi,Wi]``; ``targets``: list of ``[hi,wi,C]``."""
+    with _autocast(device, precision):
+        feats = bb.forward_packed([im.to(device, non_blocking=True) for im in images],
+                                  grad_from_block=first_block)
+    losses = [F.mse_loss(f.float(), t.to(device, non_blocking=True).float()) for f, t in zip(feats, targets)]
+    return torch.stack(losses).sum() / n_global
+
+
+def train(store: str, out_dir: str, *, backbone: str | None = None, pretrained=None, epochs: int = 10,
+          unfreeze: str = "blk_-1,blk_-2", tokens_per_step: int | None = None, accumulate: int = 1,
+          lr: float = 2e-5, weight_decay: float = 1e-4, schedule: str = "constant", warmup_steps: int = 0,
+          precision: str = "auto", device=None, seed: int = 0, num_workers: int | None = None,
+          checkpoint_every: int = 0, resume: bool = True, progress: bool = True) -> str:
+    """Distill the store's teacher features into a student; returns the final weights path.
+
+    ``store``: a feature store directory (its config names the backbone and weights, which
+    ``backbone`` / ``pretrained`` override). Writes ``out_dir/{final.safetensors,
+    trainer_state.pt, metrics.jsonl, loss.png}``. Under torchrun every process runs this; each
+    takes ``accumulate`` chunks of every global step. ``checkpoint_every``: steps between
+    checkpoints (0: only at epoch ends). ``resume``: continue the run in ``out_dir`` if any."""
+    opts = {k: v for k, v in locals().items() if k != "device"}
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not os.path.isdir(store):
+        raise UserError(f"feature store {store} does not exist")
+    rank, world, device, created = init_from_env(device)
+    try:
+        return _run(rank, world, device, **opts)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, unfreeze, tokens_per_step,
+         accumulate, lr, weight_decay, schedule, warmup_steps, precision, seed, num_workers,
+         checkpoint_every, resume, progress) -> str:
+    """The loop of :func:`train` in process ``rank`` of ``world`` on ``device``."""
+    from ..backbones import Backbone
+    from ..store import FeatureStore
+
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision in ("bf16", "fp16") and device.type == "cpu":
+        raise UserError(f"precision {precision} needs a CUDA device; use fp32 on CPU")
+    store_cfg = FeatureStore(store).config
+    cfg = TrainConfig(backbone=backbone or store_cfg["backbone"],
+                      pretrained=store_cfg["pretrained"] if pretrained is None else pretrained,
+                      unfreeze=unfreeze, tokens_per_step=tokens_per_step or None,
+                      chunks_per_step=world * accumulate, lr=lr, weight_decay=weight_decay,
+                      schedule=schedule, warmup_steps=warmup_steps, precision=precision, seed=seed,
+                      epochs=epochs)
+    _check(cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    state = _resume_state(out_dir, cfg, resume)
+    if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
+        return state["weights"]
+
+    bb = Backbone.from_pretrained(cfg.backbone, pretrained=cfg.pretrained)
+    trainable = apply_unfreeze(cfg.unfreeze, bb)
+    bb.to(device).train()
+    named = dict(bb.model.named_parameters())
+    params = [named[n] for n in trainable.names]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    dataset = StoreDataset(store, bb.mean, bb.std)
+    sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step, seed=cfg.seed, world_size=world,
+                             accumulate=accumulate)
+    plans = [sampler.epoch_plan(e) for e in range(cfg.epochs)]
+    total = sum(len(p) for p in plans)
+    epoch, start, global_step = 0, 0, 0
+    if state is not None:
+        ckpt.load_weights_into(bb.model, state["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+
+    def snapshot(final=False):
+        if rank == 0:
+            ckpt.save_checkpoint(out_dir, bb.model, {
+                "config": asdict(cfg), "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "done": final}, final=final)
+        barrier(world)
+
+    log = MetricsLog(out_dir, resume_step=global_step) if rank == 0 else None
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
+    while epoch < cfg.epochs:
+        plan = plans[epoch]
+        batches = [c for step in plan[start:] for c in sampler.rank_chunks(step, rank)]
+        batch_iter = iter(make_loader(dataset, batches, num_workers, pin_memory=device.type == "cuda"))
+        while start < len(plan):
+            t0 = time.perf_counter()
+            step = plan[start]
+            n_global = sum(len(c) for c in step)
+            lr_now = lr_at(cfg, global_step, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for _ in sampler.rank_chunks(step, rank):
+                images, targets, _idx = next(batch_iter)
+                loss = step_loss(bb, images, targets, trainable.first_block, n_global, device, precision)
+                scaler.scale(loss).backward()
+                loss_sum += float(loss.detach())
+            sum_gradients(params, world)
+            loss_sum = sum_scalar(loss_sum, world, device)
+            scaler.step(optimizer)
+            scaler.update()
+            start += 1
+            global_step += 1
+            if start == len(plan):
+                epoch, start = epoch + 1, 0
+            seconds = time.perf_counter() - t0
+            if rank == 0:
+                tokens = sum(sampler.tokens[i] for c in step for i in c)
+                log.write({"step": global_step, "epoch": epoch if start else epoch - 1, "loss": loss_sum,
+                           "lr": lr_now, "images_per_s": n_global / seconds, "tokens": tokens})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_sum:.4g}", img_s=f"{n_global / seconds:.1f}")
+                    bar.update(1)
+            if start == 0 or (checkpoint_every and global_step % checkpoint_every == 0):
+                snapshot(final=epoch >= cfg.epochs)
+                if rank == 0 and start == 0:
+                    plot_loss(out_dir)
+            if start == 0:
+                break
+    if bar is not None:
+        bar.close()
+    return os.path.join(out_dir, ckpt.FINAL_WEIGHTS)

@@ -1,0 +1,101 @@
+"""``spar-fast features`` / ``spar-fast verify`` end to end, with the real sliding-window teacher of
+the tiny SigLIP2-family backbone (random init, 512-pixel images: a fraction of a second each)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spar_fast.cli import main
+from spar_fast.data import normalize
+from spar_fast.store import FeatureStore, extract_features
+
+
+def _images(folder: Path, n=3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40 + 9 * i, 50, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+CLI = ["--backbone", "siglip2-tiny", "--pretrained", "none", "--augment", "none", "--device", "cpu",
+       "--shard-size", "2", "--no-progress"]
+
+
+def test_features_and_verify_commands(tmp_path, capsys):
+    images = _images(tmp_path / "img")
+    store = tmp_path / "store"
+    assert main(["features", str(images), "--out", str(store)] + CLI) == 0
+    out = capsys.readouterr().out
+    assert "images: 4  ok: 3  skipped: 1  computed: 4  resumed: 0" in out
+    assert "skipped broken:" in out
+    fs = FeatureStore(store)
+    assert len(fs) == 3 and fs.config["backbone"] == "siglip2-tiny" and fs.config["pretrained"] is False
+    target, rec = fs.get("p2")
+    assert target.dtype == torch.float16 and tuple(target.shape) == (rec.image_hw[0] // 16,
+                                                                     rec.image_hw[1] // 16, 64)
+    assert main(["features", str(images), "--out", str(store)] + CLI) == 0
+    assert "computed: 0  resumed: 4" in capsys.readouterr().out
+    assert main(["verify", str(store)]) == 0
+    assert "complete; 2 chunks, 3 targets, 1 skipped" in capsys.readouterr().out
+    shard = store / "shards" / "r000-000001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["verify", str(store)]) == 1
+    assert "corrupt" in capsys.readouterr().out
+
+
+def test_real_teacher_targets_match_direct_call(tmp_path):
+    from spar_fast.backbones import Backbone
+    from spar_fast.teacher import teacher_features
+
+    torch.manual_seed(0)
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False).eval()
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(images / "a.png")
+    # "none" keeps the image at 512 px (400 windows); the default augmentation would make it
+    # ~1000 px (thousands of windows), too slow for a CPU test
+    extract_features(images, tmp_path / "s", backbone=bb, augment="none", dtype="fp32",
+                     device="cpu", progress=False)
+    fs = FeatureStore(tmp_path / "s")
+    for rec in fs.records:
+        x = normalize(fs.input_image(rec.image_id), bb.mean, bb.std)
+        with torch.no_grad():
+            want = teacher_features(bb, x, stride=24)
+        torch.testing.assert_close(fs.get(rec.image_id)[0], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--backbone", "no-such-net"], "unknown backbone"),
+    (["--device", "tpu"], "device"),
+    (["--pretrained", "/no/such/weights.pt"], "not found"),
+])
+def test_bad_options_one_line_errors(tmp_path, capsys, args, words):
+    images = _images(tmp_path / "img", n=1)
+    argv = ["features", str(images), "--out", str(tmp_path / "s")] + CLI + args
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and err.startswith("spar-fast features: error:")
+
+
+def test_missing_inputs(tmp_path, capsys):
+    assert main(["features", str(tmp_path / "none"), "--out", str(tmp_path / "s")] + CLI) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "none")]) == 2
+    with pytest.raises(SystemExit):
+        main(["features", str(tmp_path), "--shard-size", "0", "--out", "x"])
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["features", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--out", "--backbone", "--stride", "--augment", "--dtype", "--device",
+                   "--pretrained", "--seed", "--shard-size", "--limit", "--no-progress"):
+        assert option in text

@@ -1,0 +1,163 @@
+"""The distillation loop: reference loss, packing, frozen prefix, outputs, checkpoints, errors."""
+import json
+import os
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from spar_fast.backbones import Backbone, registry
+from spar_fast.errors import UserError
+from spar_fast.train import train
+from spar_fast.train.distill import fixed_random_init
+from spar_fast.train.loader import StoreDataset
+from spar_fast.train.sampler import PackingSampler
+from spar_fast.train.trainer import step_loss
+
+# Source sizes; the store upscales to a 512 short side -> grids 32x32, 32x48, 45x32 (odd sizes).
+SIZES = [(64, 64), (60, 90), (100, 70)]
+
+
+def make_tiny_store(root, backbone="siglip2-tiny", sizes=SIZES, seed=0):
+    """Random-pixel images + a seeded random teacher -> (store path, init weights path)."""
+    from spar_fast.store import extract_features
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, "img"), exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(root, "img", f"{i}.png"))
+    init = fixed_random_init(backbone, os.path.join(root, "init.safetensors"), seed)
+    store = os.path.join(root, "store")
+    extract_features(os.path.join(root, "img"), store, backbone=backbone, pretrained=init,
+                     augment="none", device="cpu", progress=False, workers=0)
+    return store, init
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_store(str(tmp_path_factory.mktemp("tiny")))
+
+
+def _items(store, bb):
+    ds = StoreDataset(store, bb.mean, bb.std)
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_step_loss_is_reference_mse_and_mean_over_images(tiny):
+    store, init = tiny
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    items = _items(store, bb)
+    with torch.no_grad():
+        # one image: exactly the reference loss (single image forward, target upcast to fp32)
+        x, t, _ = items[1]
+        ref = F.mse_loss(bb(x[None])[0], t.float())
+        one = step_loss(bb, [x], [t], 0, 1, torch.device("cpu"), "fp32")
+        # packed: the mean of per-image MSEs; fp32 packed vs per-image attention differ by
+        # summation order only (~1e-7 relative)
+        per = [F.mse_loss(bb(x[None])[0], t.float()) for x, t, _ in items]
+        packed = step_loss(bb, [i[0] for i in items], [i[1] for i in items], 0, len(items),
+                           torch.device("cpu"), "fp32")
+    torch.testing.assert_close(one, ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(packed, torch.stack(per).mean(), rtol=1e-5, atol=0)
+
+
+def test_packed_gradient_is_mean_of_single_gradients(tiny):
+    store, init = tiny
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    items = _items(store, bb)
+    params = [p for n, p in bb.model.named_parameters() if n.startswith(bb.block_param_prefix(-1))]
+    step_loss(bb, [i[0] for i in items], [i[1] for i in items], 2, len(items), torch.device("cpu"), "fp32").backward()
+    packed = [p.grad.clone() for p in params]
+    bb.zero_grad(set_to_none=True)
+    for x, t, _ in items:  # accumulate (1/N) * grad of each image alone
+        step_loss(bb, [x], [t], 2, len(items), torch.device("cpu"), "fp32").backward()
+    for a, b in zip(packed, [p.grad for p in params]):
+        # fp32 sums in another order: relative error ~1e-6 of the gradient scale
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
+
+
+def test_one_image_per_step_matches_hand_written_reference(tiny, tmp_path):
+    """train() with defaults == the reference loop: AdamW(2e-5, wd 1e-4), per-image MSE, constant lr."""
+    store, init = tiny
+    final = train(store, str(tmp_path / "run"), epochs=2, device="cpu", num_workers=0, progress=False)
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    n = bb.num_blocks
+    prefixes = (bb.block_param_prefix(n - 1), bb.block_param_prefix(n - 2))
+    names = [k for k, _ in bb.model.named_parameters() if k.startswith(prefixes)]
+    named = dict(bb.model.named_parameters())
+    opt = torch.optim.AdamW([named[k] for k in names], lr=2e-5, weight_decay=1e-4)
+    items = _items(store, bb)
+    sampler = PackingSampler([1] * len(items), None, seed=0)
+    for epoch in range(2):
+        for step in sampler.epoch_plan(epoch):
+            (i,), = step
+            opt.zero_grad()
+            F.mse_loss(bb(items[i][0][None])[0], items[i][1].float()).backward()
+            opt.step()
+    trained = load_file(final)
+    initial = load_file(init)
+    for k, v in bb.model.state_dict().items():
+        if k in names:
+            assert not torch.equal(trained[k], initial[k]), k
+            # single-image vs packed forward: fp32 reorderings; each Adam step moves <= ~lr
+            torch.testing.assert_close(trained[k], v, rtol=0, atol=2e-7)
+        else:
+            assert torch.equal(trained[k], initial[k]), f"frozen {k} changed"
+
+
+def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
+    store, _ = tiny
+    run = tmp_path / "run"
+    final = train(store, str(run), epochs=2, tokens_per_step=2600, lr=1e-4, schedule="cosine",
+                  warmup_steps=2, device="cpu", num_workers=0, progress=False)
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    sampler = PackingSampler([1024, 1536, 1440], 2600, seed=0)
+    assert len(records) == len(sampler.epoch_plan(0)) + len(sampler.epoch_plan(1))
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    assert set(records[0]) == {"step", "epoch", "loss", "lr", "images_per_s", "tokens"}
+    assert records[0]["lr"] == pytest.approx(5e-5)  # warmup 1/2
+    assert (run / "loss.png").stat().st_size > 0
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".safetensors") == ["final.safetensors"]
+    model = open_clip.create_model(registry.resolve("siglip2-tiny").open_clip_name, pretrained=None)
+    model.load_state_dict(load_file(final), strict=True)
+    # a second call finds the finished run and returns it without training
+    mtime = os.path.getmtime(final)
+    assert train(store, str(run), epochs=2, tokens_per_step=2600, lr=1e-4, schedule="cosine",
+                 warmup_steps=2, device="cpu", num_workers=0, progress=False) == final
+    assert os.path.getmtime(final) == mtime
+
+
+@pytest.mark.parametrize("unfreeze, first", [("blk_-1", 2), ("posembed,blk_-1", 0), ("attn_pool_kv", 3)])
+def test_frozen_prefix_runs_without_grad(tiny, tmp_path, monkeypatch, unfreeze, first):
+    store, _ = tiny
+    seen = []
+    original = Backbone.forward_packed
+
+    def spy(self, images, grad_from_block=0):
+        seen.append(grad_from_block)
+        return original(self, images, grad_from_block=grad_from_block)
+
+    monkeypatch.setattr(Backbone, "forward_packed", spy)
+    train(store, str(tmp_path / "run"), epochs=1, unfreeze=unfreeze, tokens_per_step=10**6,
+          device="cpu", num_workers=0, progress=False)
+    assert seen == [first]
+
+
+def test_bad_input_is_user_error(tiny, tmp_path):
+    store, _ = tiny
+    kw = dict(device="cpu", num_workers=0, progress=False)
+    with pytest.raises(UserError, match="does not exist"):
+        train(str(tmp_path / "nope"), str(tmp_path / "a"), **kw)
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        train(store, str(tmp_path / "a"), precision="bf16", **kw)
+    with pytest.raises(UserError, match="bad unfreeze token"):
+        train(store, str(tmp_path / "a"), unfreeze="blk_-1,heads", **kw)
+    with pytest.raises(UserError, match="epochs"):
+        train(store, str(tmp_path / "a"), epochs=0, **kw)
+    train(store, str(tmp_path / "b"), epochs=1, **kw)
+    with pytest.raises(UserError, match="other settings .*lr"):
+        train(store, str(tmp_path / "b"), epochs=2, lr=1e-3, **kw)
