@@ -1,7 +1,7 @@
 // Fused segmentation head (SPEC §5 steps 2-3), CPU: [h, w, Q] logits -> [H, W] int64 labels.
 //
 // seg_head_pass: per output pixel the bilinear value of every query (align_corners=False, taps
-// precomputed in Python exactly as ATen does), z = up * scale + bias, the first maximal query
+// precomputed in Python as ATen computes them), z = up * scale + bias, the first maximal query
 // among the allowed ones (queries arrive sorted by class, so exact ties go to the lowest class),
 // and, when prob_thd > 0, its softmax probability exp(z_best - m) / sum_q exp(z_q - m) compared
 // with prob_thd. Parallel over output rows; each thread keeps the two source rows it needs,

@@ -1,15 +1,15 @@
 """Variable-length (packed) non-causal attention in Triton: forward, backward, autograd.
 
 Tensors: ``q, k, v, o`` ``[T, H, D]`` (any token/head strides; the launchers make the last dim
-contiguous when it is not),
-``cu_seqlens`` int32 ``[B+1]`` on the same device, ``lse`` fp32 ``[H, T]``.
+contiguous when it is not), ``cu_seqlens`` int32 ``[B+1]`` on the same device, ``lse`` fp32
+``[H, T]``.
 
 Sequence-aware tiling: the grid is (batch * heads, blocks of ``max_seqlen``); a program owns one
 block of rows of ONE sequence and loops only over the blocks of that same sequence (bounds read
 from ``cu_seqlens``), so tiles that would cross an image boundary are never visited. Only the
 ragged tail block of a sequence is masked; programs whose block starts past their sequence's
 length exit at once. ``lse`` is kept in base 2 (``log2 sum exp2(s * scale * log2 e)``) because the
-kernels use ``exp2``; :func:`VarlenAttention` converts nothing and never exposes it.
+kernels use ``exp2``; it stays inside :class:`VarlenAttention` (saved for the backward).
 
 Backward follows FlashAttention-2 without atomics: a preprocess kernel for
 ``delta = rowsum(dO * O)``, a dK/dV kernel (one program per key block, loop over the query blocks
@@ -43,20 +43,23 @@ class Config:
 
 
 def default_config(head_dim: int) -> Config:
-    """Autotune-free defaults.
+    """Autotune-free defaults, chosen so the sm_90 builds (Triton 3.9, ptxas -v) do not spill.
 
-    GPU (sm_90): the forward uses 128 query rows x 64 keys, the shape of the FlashAttention-2 /
-    Triton-tutorial Hopper configs: 128 rows fill 4-8 warps of wgmma, 64 keys keep K/V stages in
-    shared memory (3 stages of two 64 x 128 bf16 tiles = 96 KB at D = 128). The backward holds 128
-    key rows (dK, dV, K, V accumulators) and steps 32 query rows (and the mirror for dQ), the
-    tutorial's split that keeps the four register-resident tiles within budget. 8 warps at D = 128
-    halve the per-thread accumulator size. Under the interpreter every tile is 32 so short test
-    sequences still span several blocks and a ragged tail.
+    D <= 64: the forward takes 128 query rows x 64 keys (the FlashAttention-2 / Triton-tutorial
+    Hopper shape: 128 rows feed wgmma, 64-key K/V tiles keep 3 pipeline stages small); the dK/dV
+    kernel holds 128 key rows and steps 32 query rows, the dQ kernel the mirror (128 x 32) -- the
+    tutorial's split that keeps its four register-resident tiles within budget. 8 warps: with 4,
+    every kernel hits 255 registers and spills (forward 181 registers at 8, no spill).
+    D = 128: tiles along the streamed axis halve (forward 128 x 32, dK/dV 64 key rows) and 2
+    stages; measured spills drop to <= 44 bytes (0 for the forward), against 100-4000 bytes with
+    the D = 64 shapes. Under the interpreter every tile is 32 so short test sequences still span
+    several blocks and a ragged tail.
     """
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return Config(32, 32, 32, 32, 32, 32, 4, 1, 1)
-    big = head_dim > 64
-    return Config(128, 64, 32, 128, 128, 32, 8 if big else 4, 3, 2 if big else 3)
+    if head_dim > 64:
+        return Config(128, 32, 32, 64, 128, 32, 8, 2, 2)
+    return Config(128, 64, 32, 128, 128, 32, 8, 3, 3)
 
 
 @triton.jit
@@ -71,16 +74,27 @@ def _dot(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(base, rows, stride, offs_d, d_mask, limit, MASK_ROWS: tl.constexpr,
+               EVEN_D: tl.constexpr):
+    """``[len(rows), BLOCK_D]`` tile at ``base + rows * stride``; zeros past ``limit`` rows (only
+    when ``MASK_ROWS``) and past the head dim (only when it is not a power of two): unneeded
+    predicate tiles cost registers inside the loops."""
+    ptrs = base + rows[:, None] * stride + offs_d[None, :]
+    if MASK_ROWS:
+        return tl.load(ptrs, mask=(rows < limit)[:, None] & d_mask[None, :], other=0.0)
+    elif EVEN_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=d_mask[None, :], other=0.0)
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, n_lo, n_hi, seq_len, offs_n, offs_d, d_mask, qk_scale,
                stride_kt, stride_vt, MASK: tl.constexpr, BLOCK_N: tl.constexpr,
-               PRECISION: tl.constexpr):
+               PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     for start_n in range(n_lo, n_hi, BLOCK_N):
         cols = start_n + offs_n
-        if MASK:
-            kv_mask = (cols < seq_len)[:, None] & d_mask[None, :]
-        else:
-            kv_mask = d_mask[None, :]
-        k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _load_tile(k_base, cols, stride_kt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [N, D]
         s = _dot(q, tl.trans(k), PRECISION) * qk_scale  # [M, N], base 2
         if MASK:
             s = tl.where((cols < seq_len)[None, :], s, float("-inf"))
@@ -88,7 +102,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, n_lo, n_hi, seq_len, offs_n, of
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = _load_tile(v_base, cols, stride_vt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [N, D]
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -99,7 +113,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU, qk_scale, num_heads, total,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                 stride_ot, stride_oh,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     pid_bh = tl.program_id(0)
     b = pid_bh // num_heads
     h = pid_bh % num_heads
@@ -125,9 +139,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU, qk_scale, num_heads, total,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = (seq_len // BLOCK_N) * BLOCK_N
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, 0, n_full, seq_len, offs_n, offs_d,
-                               d_mask, qk_scale, stride_kt, stride_vt, False, BLOCK_N, PRECISION)
+                               d_mask, qk_scale, stride_kt, stride_vt, False, BLOCK_N, PRECISION,
+                               EVEN_D)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, n_full, seq_len, seq_len, offs_n,
-                               offs_d, d_mask, qk_scale, stride_kt, stride_vt, True, BLOCK_N, PRECISION)
+                               offs_d, d_mask, qk_scale, stride_kt, stride_vt, True, BLOCK_N,
+                               PRECISION, EVEN_D)
     acc = acc / l_i[:, None]
     tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
              acc.to(O.dtype.element_ty), mask=row_mask)
@@ -152,21 +168,19 @@ def _bwd_preprocess(O, DO, DELTA, total, stride_ot, stride_oh, stride_dt, stride
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, m_lo, m_hi, seq_len, offs_m,
                 offs_d, d_mask, qk_scale, stride_qt, stride_dt, MASK: tl.constexpr, BLOCK_M: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     for start_m in range(m_lo, m_hi, BLOCK_M):
         rows = start_m + offs_m
         if MASK:
             row_ok = rows < seq_len
-            q_mask = row_ok[:, None] & d_mask[None, :]
             # +inf log-sum-exp makes P exactly 0 on rows past the sequence end.
             lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
             delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
         else:
-            q_mask = d_mask[None, :]
             lse = tl.load(lse_ptr + rows)
             delta = tl.load(delta_ptr + rows)
-        q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + rows[:, None] * stride_dt + offs_d[None, :], mask=q_mask, other=0.0)
+        q = _load_tile(q_base, rows, stride_qt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [M, D]
+        do = _load_tile(do_base, rows, stride_dt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [M, D]
         s_t = _dot(k, tl.trans(q), PRECISION) * qk_scale  # [N, M]
         p_t = tl.exp2(s_t - lse[None, :])
         dv += _dot(p_t.to(do.dtype), do, PRECISION)
@@ -181,7 +195,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU, qk_scale, sm_scale, nu
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                      stride_dt, stride_dh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                     BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     """One program per (sequence, head, block of BLOCK_N key rows)."""
     pid_bh = tl.program_id(0)
     b = pid_bh // num_heads
@@ -208,10 +222,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU, qk_scale, sm_scale, nu
     m_full = (seq_len // BLOCK_M) * BLOCK_M
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, 0, m_full, seq_len,
                          offs_m, offs_d, d_mask, qk_scale, stride_qt, stride_dt, False, BLOCK_M,
-                         PRECISION)
+                         PRECISION, EVEN_D)
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_ptr, delta_ptr, m_full, seq_len, seq_len,
                          offs_m, offs_d, d_mask, qk_scale, stride_qt, stride_dt, True, BLOCK_M,
-                         PRECISION)
+                         PRECISION, EVEN_D)
     tl.store(DK + keys[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + keys[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :],
@@ -222,15 +236,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, CU, qk_scale, sm_scale, nu
 def _dq_inner(dq, q, do, lse, delta, k_base, v_base, n_lo, n_hi, seq_len, offs_n, offs_d, d_mask,
               qk_scale,
               stride_kt, stride_vt, MASK: tl.constexpr, BLOCK_N: tl.constexpr,
-              PRECISION: tl.constexpr):
+              PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     for start_n in range(n_lo, n_hi, BLOCK_N):
         cols = start_n + offs_n
-        if MASK:
-            kv_mask = (cols < seq_len)[:, None] & d_mask[None, :]
-        else:
-            kv_mask = d_mask[None, :]
-        k = tl.load(k_base + cols[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + cols[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _load_tile(k_base, cols, stride_kt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [N, D]
+        v = _load_tile(v_base, cols, stride_vt, offs_d, d_mask, seq_len, MASK, EVEN_D)  # [N, D]
         s = _dot(q, tl.trans(k), PRECISION) * qk_scale  # [M, N]
         if MASK:
             s = tl.where((cols < seq_len)[None, :], s, float("-inf"))
@@ -246,7 +256,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU, qk_scale, sm_scale, num_head
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                    stride_dt, stride_dh, stride_dqt, stride_dqh,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
+                   BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     """One program per (sequence, head, block of BLOCK_M query rows)."""
     pid_bh = tl.program_id(0)
     b = pid_bh // num_heads
@@ -272,9 +282,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, CU, qk_scale, sm_scale, num_head
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = (seq_len // BLOCK_N) * BLOCK_N
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, 0, n_full, seq_len, offs_n, offs_d, d_mask,
-                   qk_scale, stride_kt, stride_vt, False, BLOCK_N, PRECISION)
+                   qk_scale, stride_kt, stride_vt, False, BLOCK_N, PRECISION, EVEN_D)
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, n_full, seq_len, seq_len, offs_n, offs_d,
-                   d_mask, qk_scale, stride_kt, stride_vt, True, BLOCK_N, PRECISION)
+                   d_mask, qk_scale, stride_kt, stride_vt, True, BLOCK_N, PRECISION, EVEN_D)
     tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -305,7 +315,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       o.stride(0), o.stride(1),
                       HEAD_DIM=dim, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, BLOCK_D=block_d,
-                      PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.fwd_stages)
+                      PRECISION=precision, EVEN_D=dim == block_d, num_warps=cfg.num_warps,
+                      num_stages=cfg.fwd_stages)
     return o, lse
 
 
@@ -323,7 +334,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         o, do, delta, total, o.stride(0), o.stride(1), do.stride(0), do.stride(1),
         HEAD_DIM=dim, BLOCK_M=pre_m, BLOCK_D=block_d)
     dq, dk, dv = (torch.empty((total, heads, dim), dtype=q.dtype, device=q.device) for _ in range(3))
-    common = dict(HEAD_DIM=dim, BLOCK_D=block_d, PRECISION=precision,
+    common = dict(HEAD_DIM=dim, BLOCK_D=block_d, PRECISION=precision, EVEN_D=dim == block_d,
                   num_warps=cfg.num_warps, num_stages=cfg.bwd_stages)
     _bwd_dkdv_kernel[(batch * heads, triton.cdiv(max_seqlen, cfg.kv_n))](
         q, k, v, do, dk, dv, lse, delta, cu_seqlens, scale * LOG2E, scale, heads, total,

@@ -68,7 +68,7 @@ def _check_case(case, dtype, device):
     # start from a non-empty canvas: the op accumulates
     canvas0 = torch.randn(Hc, Wc, C, generator=gen)
     count0 = torch.randint(0, 3, (Hc, Wc), generator=gen).float()
-    canvas, count = canvas0.to(device), count0.to(device)
+    canvas, count = canvas0.to(device, copy=True), count0.to(device, copy=True)
     upsample_stitch_(canvas, count, feats.to(device), origins.to(device), r)
     ref32, ref_count = canvas0.clone(), count0.clone()
     upsample_stitch_reference(ref32, ref_count, feats, origins, r)

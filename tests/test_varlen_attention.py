@@ -12,7 +12,11 @@ Inputs are fresh random draws; the seed is in every failure message.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,17 +126,67 @@ def test_other_head_dims(dim):
     _check_against_reference(fn, q, k, v, do, cu, seed)
 
 
+def _gpu_config(monkeypatch, dim):
+    """The tile configuration a GPU run uses (``default_config`` outside the interpreter)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cfg = kernels.default_config(dim)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    return cfg
+
+
 @pytest.mark.parametrize("dim", [64, 128])
-def test_gpu_tile_config(dim):
-    """The sm_90 tile sizes (128-row forward / dQ tiles, 128-key dK/dV tiles) on lengths that
+def test_gpu_tile_config(monkeypatch, dim):
+    """The sm_90 tile sizes (128-row forward / dQ tiles, 64-128-key dK/dV tiles) on lengths that
     leave ragged tails and sequences shorter than one tile."""
     seed = _seed()
     lengths = [200, 1, 129, 40]
     cu = _cu(lengths)
     q, k, v, do = _inputs(lengths, 2, dim, torch.float16)
-    cfg = kernels.Config(128, 64, 32, 128, 128, 32, 4, 1, 1)
+    cfg = _gpu_config(monkeypatch, dim)
     fn = lambda a, b, c: kernels.varlen_attention(a, b, c, cu, max(lengths), cfg=cfg)  # noqa: E731
     _check_against_reference(fn, q, k, v, do, cu, seed)
+
+
+SM90_BUILD = """
+import json, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from spar_fast import _backend
+kernels = _backend.triton_kernels("varlen_attention")
+dim = int(sys.argv[1])
+cfg = kernels.default_config(dim)
+pointers = {name: "*bf16" for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+pointers.update(LSE="*fp32", DELTA="*fp32", CU="*i32")
+common = dict(HEAD_DIM=dim, BLOCK_D=dim, PRECISION="tf32", EVEN_D=True)
+jobs = [(kernels._fwd_kernel, dict(common, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n), cfg.fwd_stages),
+        (kernels._bwd_dkdv_kernel, dict(common, BLOCK_M=cfg.kv_m, BLOCK_N=cfg.kv_n), cfg.bwd_stages),
+        (kernels._bwd_dq_kernel, dict(common, BLOCK_M=cfg.q_m, BLOCK_N=cfg.q_n), cfg.bwd_stages)]
+shared = {}
+for fn, constexprs, stages in jobs:
+    signature = {name: "constexpr" if name in constexprs else pointers.get(
+        name, "fp32" if name in ("qk_scale", "sm_scale") else "i32") for name in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=cfg.num_warps, num_stages=stages))
+    shared[fn.__name__] = compiled.metadata.shared
+print(json.dumps(shared))
+"""
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+def test_kernels_compile_for_sm90(dim):
+    """Ahead-of-time build of every kernel for an H100 (sm_90, bf16, GPU tile config) with
+    Triton's bundled ptxas, in a fresh process without the interpreter: catches code that the
+    interpreter accepts but the compiler rejects, and shared memory beyond an SM's 228 KB."""
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, "-c", SM90_BUILD, str(dim)], env=env, capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if run.returncode != 0 and "ptxas" in run.stderr and "not found" in run.stderr.lower():
+        pytest.skip("no ptxas for an sm_90 build")
+    assert run.returncode == 0, run.stderr[-3000:]
+    shared = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(shared) == {"_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"}
+    assert all(0 < size <= 228 * 1024 for size in shared.values()), shared
 
 
 def test_custom_scale_and_oversized_max_seqlen():

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
                     "saved as safetensors (key 'features') or .npy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("image", help="input image file")
-    from ..segment.cli_args import add_model_args, add_resize_arg
+    from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p)
     add_resize_arg(p)
     p.add_argument("-o", "--output", required=True, help="output .safetensors or .npy file")
@@ -22,8 +22,8 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from ..segment.cli_args import check_output, load_model, model_input, read_image
-    from ..segment.infer import autocast
+    from ..segmentation.cli_args import check_output, load_model, model_input, read_image
+    from ..segmentation.infer import autocast
 
     check_output(args.output, (".safetensors", ".npy"))
     image = read_image(args.image)

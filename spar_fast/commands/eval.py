@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--root", required=True,
                    help="dataset folder (e.g. VOCdevkit/VOC2012) or a data folder holding the "
                         "datasets under their standard names")
-    from ..segment.cli_args import add_model_args
+    from ..segmentation.cli_args import add_model_args
     add_model_args(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
@@ -44,9 +44,9 @@ def run(args) -> int:
     import os
 
     from ..errors import UserError
-    from ..evaluate import evaluate
-    from ..segment.cli_args import load_model
-    from ..segment.queries import default_cache_dir
+    from ..evaluation import evaluate
+    from ..segmentation.cli_args import load_model
+    from ..segmentation.queries import default_cache_dir
 
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"output folder of {args.out} does not exist")

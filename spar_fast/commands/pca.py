@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
                     "image followed by one RGB panel per model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("image", help="input image file")
-    from ..segment.cli_args import add_model_args, add_resize_arg
+    from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p, multi_checkpoint=True)
     add_resize_arg(p)
     p.add_argument("-o", "--output", required=True, help="output .png")
@@ -23,9 +23,9 @@ def run(args) -> int:
     import torch
     from PIL import Image
 
-    from ..segment.cli_args import check_output, load_model, model_input, read_image
-    from ..segment.infer import autocast
-    from ..segment.pca import pca_rgb
+    from ..segmentation.cli_args import check_output, load_model, model_input, read_image
+    from ..segmentation.infer import autocast
+    from ..segmentation.pca import pca_rgb
 
     check_output(args.output, (".png",))
     image = read_image(args.image)

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
                                          '(e.g. "road, street; car; sky")')
     group.add_argument("--class-file", help="text file with one class per line (synonyms "
                                             'separated by ", ")')
-    from ..segment.cli_args import add_model_args, add_resize_arg
+    from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p)
     add_resize_arg(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
@@ -33,10 +33,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..segment.cli_args import check_output, load_model, model_input, read_image
-    from ..segment.infer import segment
-    from ..segment.queries import default_cache_dir, parse_classes
-    from ..segment.render import overlay, save_mask
+    from ..segmentation.cli_args import check_output, load_model, model_input, read_image
+    from ..segmentation.infer import segment
+    from ..segmentation.queries import default_cache_dir, parse_classes
+    from ..segmentation.render import overlay, save_mask
 
     check_output(args.output, (".png", ".jpg", ".jpeg"))
     if args.save_mask:

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from ..segment.classes import BUILTIN
-from ..segment.preprocess import CITYSCAPES_SCALE, TEST_SCALE
+from ..segmentation.classes import BUILTIN
+from ..segmentation.preprocess import CITYSCAPES_SCALE, TEST_SCALE
 
 
 @dataclass(frozen=True)

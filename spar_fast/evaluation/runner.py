@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..errors import UserError
-from ..segment.infer import segment, segment_batch
-from ..segment.preprocess import prepare_image
-from ..segment.queries import parse_classes
+from ..segmentation.infer import segment, segment_batch
+from ..segmentation.preprocess import prepare_image
+from ..segmentation.queries import parse_classes
 from .datasets import get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 

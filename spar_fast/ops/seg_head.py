@@ -137,12 +137,16 @@ def seg_head(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[i
     ``query_to_class [Q]``, at ``out_hw = (H, W)``; same result as :func:`seg_head_reference`
     (up to near-ties) without the ``[Q, H, W]`` intermediate."""
     H, W = _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
+    Q = logits.shape[2]
     backend = _backend.choose("seg_head", logits.device, supported=SUPPORTED)
     if backend == "torch":
         return _reference(logits, query_to_class, (H, W), logit_scale, logit_bias, prob_thd, area_thd)
     device = logits.device
-    qcls, order = torch.sort(query_to_class.to(device, torch.int64), stable=True)
-    x = logits.index_select(2, order).contiguous()  # [h, w, Q], queries sorted by class
+    qcls = query_to_class.to(device, torch.int64).contiguous()
+    x = logits.contiguous()  # [h, w, Q]
+    if Q > 1 and not bool((qcls[1:] >= qcls[:-1]).all()):  # sort queries by class, stably
+        qcls, order = torch.sort(qcls, stable=True)
+        x = x.index_select(2, order)
     taps = (*bilinear_taps(logits.shape[0], H, device), *bilinear_taps(logits.shape[1], W, device))
     if area_thd is None:
         return _fused_pass(backend, x, qcls, None, taps, logit_scale, logit_bias, prob_thd)
