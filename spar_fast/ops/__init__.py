@@ -2,3 +2,4 @@
 from .varlen_attention import varlen_attention, varlen_attention_reference  # noqa: F401
 from .stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,  # noqa: F401
                      upsample_stitch_, upsample_stitch_reference)
+from .seg_head import seg_head, seg_head_reference  # noqa: F401

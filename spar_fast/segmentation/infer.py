@@ -57,8 +57,8 @@ def cosine_logits(feats: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
 def postprocess(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd,
                 fused: bool = True) -> torch.Tensor:
     """SPEC §5 step 3 on ``logits [h, w, Q]`` -> LongTensor ``out_hw``; ``fused`` picks the op."""
-    from ..ops import seg_head as head
-    fn = head.seg_head if fused else head.seg_head_reference
+    from ..ops.seg_head import seg_head, seg_head_reference
+    fn = seg_head if fused else seg_head_reference
     return fn(logits, query_to_class, tuple(out_hw), logit_scale=float(logit_scale),
               logit_bias=float(logit_bias), prob_thd=float(prob_thd), area_thd=area_thd)
 

@@ -40,7 +40,7 @@ class DemoSettings:
 
 SETTINGS = {
     "real": DemoSettings("siglip2-b16-512", (512, 768), 24, 4, "blk_-1,blk_-2", 1e-4),
-    "tiny": DemoSettings("siglip2-tiny", (512, 768), 24, 8, "blk_-1,blk_-2", 1e-3),
+    "tiny": DemoSettings("siglip2-tiny", (512, 640), 24, 4, "blk_-1,blk_-2", 1e-3),
 }
 
 
@@ -94,19 +94,37 @@ def _load_backbone(name: str, pretrained):
     return Backbone.from_pretrained(name, pretrained=pretrained).eval()
 
 
-def choose_init(settings: DemoSettings, tiny: bool, say) -> object:
-    """``True`` when the hub weights of the backbone load, else ``False`` (random init, with a notice)."""
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def choose_init(settings: DemoSettings, tiny: bool, say) -> bool:
+    """``True`` when the hub weights of the backbone load, else ``False`` (random init, with a notice).
+
+    Without a route to the hub only the local cache is tried (no download retries)."""
     if tiny:
         say("tiny config: random initialization (no pretrained weights exist for it)")
         return False
+    import huggingface_hub.constants as hub
+
+    offline = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = offline or not _hub_reachable()
     try:
         _load_backbone(settings.backbone, True)
         return True
-    except Exception as exc:  # offline hub, missing cache, ...
+    except Exception as exc:  # no route to the hub and no cached copy, ...
         say(f"NOTICE: pretrained {settings.backbone} weights could not be loaded "
             f"({exc.__class__.__name__}); using a seeded random initialization. The numbers below "
             "show the mechanics, not the paper's quality.")
         return False
+    finally:
+        hub.HF_HUB_OFFLINE = offline
 
 
 @torch.no_grad()

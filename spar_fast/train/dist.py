@@ -63,13 +63,12 @@ def sum_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
-def sum_scalar(value: float, world: int, device: torch.device) -> float:
-    """Sum of a Python float over processes."""
-    if world <= 1:
-        return float(value)
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
+def sum_scalar(value: torch.Tensor, world: int) -> float:
+    """Sum over processes of a 0-dim tensor, as a Python float."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+    return float(value.item())
 
 
 def barrier(world: int) -> None:

@@ -196,14 +196,14 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # no GPU sync per chunk
             for _ in sampler.rank_chunks(step, rank):
                 images, targets, _idx = next(batch_iter)
                 loss = step_loss(bb, images, targets, trainable.first_block, n_global, device, precision)
                 scaler.scale(loss).backward()
-                loss_sum += float(loss.detach())
+                loss_sum += loss.detach()
             sum_gradients(params, world)
-            loss_sum = sum_scalar(loss_sum, world, device)
+            loss_sum = sum_scalar(loss_sum, world)
             scaler.step(optimizer)
             scaler.update()
             start += 1
