@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import spar_fast as sf
 from spar_fast.errors import UserError
 from spar_fast.teacher import (plan_windows, teacher_features, teacher_features_reference,
                                upsample_factor, window_origins)
@@ -72,3 +73,16 @@ def test_teacher_rejects_bad_images():
         teacher_features(bb, torch.zeros(3, 64, 64, dtype=torch.uint8))
     with pytest.raises(UserError, match="smaller"):
         teacher_features(bb, torch.randn(3, 48, 64))
+
+
+def test_teacher_4096_image_in_bounded_batches():
+    """A 4096² image (4,096 windows of the tiny SigLIP2-family model) runs window batch by window
+    batch: no forward ever sees more than ``batch_size`` windows, so memory is one batch plus the
+    canvas whatever the number of windows."""
+    bb = sf.Backbone.from_pretrained("siglip2-tiny", pretrained=False).eval()
+    seen = []
+    bb.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    image = torch.randn(3, 4096, 4096)
+    out = teacher_features(bb, image, stride=64, batch_size=128)
+    assert out.shape == (256, 256, bb.feature_dim) and torch.isfinite(out).all()
+    assert sum(seen) == 64 * 64 and max(seen) == 128

@@ -14,9 +14,15 @@ from ..errors import UserError
 from ..ops.stitch import stitch_finalize, upsample_stitch_
 from .window_plan import WindowPlan, plan_windows
 
-# Windows per forward. GPU: 64 windows of 512² (65k tokens) keep an H100 busy in bf16 while the
-# activations stay a few GB; CPU: small batches keep the working set in cache.
-DEFAULT_BATCH = {"cuda": 64, "cpu": 4}
+# Patch tokens per forward when no batch size is given. GPU: 64 windows of 512² (65k tokens) keep
+# an H100 busy in bf16 while the activations stay a few GB; CPU: ~4k tokens keep the working set
+# in cache. Tiny windows get proportionally more windows per batch (less per-call overhead).
+TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
+
+
+def default_batch_size(bb, device: torch.device) -> int:
+    tokens = (bb.window // bb.patch_size) ** 2
+    return max(1, TOKENS_PER_BATCH.get(device.type, 4096) // tokens)
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, None: None}
 
@@ -59,7 +65,8 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
             ``feature_dim`` and a batched dense ``forward([B,3,win,win]) -> [B,g,g,C]``).
         image: normalized ``[3, H, W]``; H, W multiples of the patch size and ≥ the window.
         stride: window stride in pixels (24 in SPAR).
-        batch_size: windows per forward (default 64 on GPU, 4 on CPU).
+        batch_size: windows per forward (default: 65k tokens on GPU — 64 SigLIP2 windows —,
+            4k tokens on CPU).
         amp: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16" (the reference's autocast) or
             "fp32"/None.
     Returns:
@@ -71,7 +78,7 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
     device = image.device
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else None
-    batch_size = batch_size or DEFAULT_BATCH.get(device.type, 4)
+    batch_size = batch_size or default_batch_size(bb, device)
     canvas = torch.zeros(*plan.canvas_hw, bb.feature_dim, dtype=torch.float32, device=device)
     count = torch.zeros(plan.canvas_hw, dtype=torch.float32, device=device)
     origins = plan.origins_cells.to(device)
