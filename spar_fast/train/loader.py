@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -74,6 +73,7 @@ def make_loader(dataset: StoreDataset, batches: Iterable[list[int]], num_workers
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``batches`` (lists of dataset indices, one per forward pass)."""
     workers = default_workers() if num_workers is None else int(num_workers)
+    # prefetch 4 chunks per worker: the next steps' images decode while the current one trains
     return DataLoader(dataset, batch_sampler=list(batches), num_workers=workers,
                       collate_fn=collate_lists, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)

@@ -44,7 +44,7 @@ class PackingSampler:
     """Builds epoch plans. ``tokens[i]``: token count of dataset item ``i`` (grid ``h*w``)."""
 
     def __init__(self, tokens: Sequence[int], tokens_per_step: int | None = None, seed: int = 0,
-                 world_size: int = 1, accumulate: int = 1, drop_last: bool = False):
+                 world_size: int = 1, accumulate: int = 1):
         if len(tokens) == 0:
             raise UserError("the feature store holds no images to train on")
         if tokens_per_step is not None and tokens_per_step < 0:
@@ -56,7 +56,6 @@ class PackingSampler:
         self.seed = int(seed)
         self.world_size = int(world_size)
         self.accumulate = int(accumulate)
-        self.drop_last = drop_last
 
     @property
     def chunks_per_step(self) -> int:
@@ -66,18 +65,12 @@ class PackingSampler:
         """Global steps of ``epoch``: ``plan[step][chunk] -> list of dataset indices``.
 
         The last global step may hold fewer chunks (even fewer than ``world_size``; ranks
-        without a chunk contribute no gradient) unless ``drop_last``."""
+        without a chunk contribute no gradient)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.tokens), generator=g).tolist()
         chunks = pack_chunks(order, self.tokens, self.tokens_per_step)
         k = self.chunks_per_step
-        steps = [chunks[i:i + k] for i in range(0, len(chunks), k)]
-        if self.drop_last and steps and len(steps[-1]) < k and len(steps) > 1:
-            steps.pop()
-        return steps
-
-    def steps_per_epoch(self) -> int:
-        return len(self.epoch_plan(0))
+        return [chunks[i:i + k] for i in range(0, len(chunks), k)]
 
     def rank_chunks(self, step: list[list[int]], rank: int) -> list[list[int]]:
         """The chunks of global ``step`` that process ``rank`` runs (possibly none)."""

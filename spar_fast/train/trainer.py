@@ -145,6 +145,10 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
                       schedule=schedule, warmup_steps=warmup_steps, precision=precision, seed=seed,
                       epochs=epochs)
     _check(cfg)
+    if cfg.pretrained is False or cfg.pretrained is None:
+        raise UserError(f"the store {store} records no teacher weights (random init), so the student "
+                        "cannot start from them; pass the teacher's weights file as pretrained, or "
+                        "use distill(), which saves a random init for both")
     os.makedirs(out_dir, exist_ok=True)
     state = _resume_state(out_dir, cfg, resume)
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
@@ -186,7 +190,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
         bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
     while epoch < cfg.epochs:
         plan = plans[epoch]
-        batches = [c for step in plan[start:] for c in sampler.rank_chunks(step, rank)]
+        batches = sampler.rank_batches(epoch, rank, start_step=start)
         batch_iter = iter(make_loader(dataset, batches, num_workers, pin_memory=device.type == "cuda"))
         while start < len(plan):
             t0 = time.perf_counter()
