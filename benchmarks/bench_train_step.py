@@ -122,7 +122,7 @@ def test_train_step(benchmark, setup, variant):
     else:
         dataset = StoreDataset(s["store"], bb.mean, bb.std)
         sampler = PackingSampler(tokens, BUDGET, seed=0)
-        workers = 4 if ON_GPU else 1
+        workers = 4 if ON_GPU else 0  # CPU: a worker process would compete for the same cores
         run = lambda: _fast_epoch(s, opt, sampler, dataset, workers)  # noqa: E731
     benchmark.group = f"train {BACKBONE} {len(tokens)} images"
     benchmark.extra_info.update(variant=variant, device=str(s["device"]), quick=QUICK, images=len(tokens),
@@ -152,7 +152,7 @@ def test_loader(benchmark, setup, variant):
                     pickle.load(f)
     else:
         dataset = StoreDataset(s["store"], bb.mean, bb.std)
-        workers = min(4, os.cpu_count() or 1)
+        workers = min(4, os.cpu_count() or 1) if ON_GPU else 0  # CPU: in-process, as training there
 
         def run():
             for _ in make_loader(dataset, [[i] for i in range(len(dataset))], workers, pin_memory=ON_GPU):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 
@@ -60,8 +61,11 @@ def collate_lists(items):
     return list(images), list(targets), list(indices)
 
 
-def default_workers() -> int:
-    """``min(4, usable cpus)``."""
+def default_workers(device: torch.device | str = "cuda") -> int:
+    """``min(4, usable cpus)`` when training on a GPU; 0 on CPU, where worker processes would
+    compete with the training step for the same cores."""
+    if torch.device(device).type == "cpu":
+        return 0
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -71,8 +75,9 @@ def default_workers() -> int:
 
 def make_loader(dataset: StoreDataset, batches: Iterable[list[int]], num_workers: int | None = None,
                 pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``batches`` (lists of dataset indices, one per forward pass)."""
-    workers = default_workers() if num_workers is None else int(num_workers)
+    """A DataLoader over ``batches`` (lists of dataset indices, one per forward pass);
+    ``num_workers=None``: :func:`default_workers` for the pinned (GPU) or unpinned (CPU) case."""
+    workers = default_workers("cuda" if pin_memory else "cpu") if num_workers is None else int(num_workers)
     # prefetch 4 chunks per worker: the next steps' images decode while the current one trains
     return DataLoader(dataset, batch_sampler=list(batches), num_workers=workers,
                       collate_fn=collate_lists, pin_memory=pin_memory,

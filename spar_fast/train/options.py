@@ -37,7 +37,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler (default: %(default)s)")
     g.add_argument("--workers", type=int, default=None,
-                   help="data-loading worker processes (default: min(4, cpus))")
+                   help="data-loading worker processes (default: min(4, cpus) on GPU, 0 on CPU)")
     g.add_argument("--checkpoint-every", type=int, default=0,
                    help="also checkpoint every N steps (default: %(default)s = only at epoch ends)")
     g.add_argument("--no-resume", action="store_true",
