@@ -1,15 +1,12 @@
 """``spar-fast embed``: raw dense features ``[h, w, C]`` of one image (not normalized)."""
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "embed", help="dense features of an image to .safetensors or .npy",
         description="Single-pass dense features [h, w, C] of one image (fp32, not normalized), "
-                    "saved as safetensors (key 'features') or .npy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "saved as safetensors (key 'features') or .npy.")
     p.add_argument("image", help="input image file")
     from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p)

@@ -1,8 +1,6 @@
 """``spar-fast eval``: mIoU of a backbone on the open-vocabulary segmentation benchmarks."""
 from __future__ import annotations
 
-import argparse
-
 ALL = ("voc21", "context60", "cityscapes", "ade20k", "voc20", "context59")
 
 
@@ -11,8 +9,7 @@ def add_parser(subparsers) -> None:
         "eval", help="mIoU on VOC / Context / Cityscapes / ADE20K",
         description="Open-vocabulary segmentation mIoU on the validation split of a dataset in "
                     "its standard MMSeg layout (or all six with --all, and their mean, Mean6). "
-                    "Prints a table; --out writes the full results as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "Prints a table; --out writes the full results as JSON.")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--dataset", choices=ALL, help="one dataset")
     target.add_argument("--all", action="store_true",

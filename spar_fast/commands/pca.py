@@ -1,16 +1,13 @@
 """``spar-fast pca``: dense features of one or more models shown as RGB on one shared PCA basis."""
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "pca", help="PCA (3 components -> RGB) of dense features of one or more models",
         description="Projects the dense features of each model on ONE shared 3-component PCA "
                     "basis (fit on the features of all models together) and writes the input "
-                    "image followed by one RGB panel per model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "image followed by one RGB panel per model.")
     p.add_argument("image", help="input image file")
     from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p, multi_checkpoint=True)

@@ -1,15 +1,12 @@
 """``spar-fast segment``: open-vocabulary label map of one image, drawn as an overlay."""
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment an image with free-text classes",
         description="Open-vocabulary segmentation of one image: a colored overlay with a legend "
-                    "of the classes present, and optionally the raw label mask.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "of the classes present, and optionally the raw label mask.")
     p.add_argument("image", help="input image file")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
