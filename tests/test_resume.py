@@ -79,20 +79,20 @@ def test_crash_between_weights_and_state_keeps_a_consistent_pair(tmp_path, monke
     first = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
-    real = ckpt._atomic
+    real = ckpt.atomic_write_with
 
     def crash_on_state(path, write):
         if path.endswith(ckpt.STATE_FILE):
             raise KeyboardInterrupt  # the process dies before the state file is replaced
         real(path, write)
 
-    monkeypatch.setattr(ckpt, "_atomic", crash_on_state)
+    monkeypatch.setattr(ckpt, "atomic_write_with", crash_on_state)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(run, model, {"global_step": 2, "tag": "second"})
     state = ckpt.load_checkpoint(run)
     assert state["tag"] == "first" and state["global_step"] == 1
     restored = torch.nn.Linear(3, 2)
-    ckpt.load_weights_into(restored, state["weights"])
+    ckpt.load_weights(restored, state["weights"])
     for k, v in restored.state_dict().items():
         assert torch.equal(v, first[k])
 
@@ -106,5 +106,5 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        ckpt._atomic(target, fail)
+        ckpt.atomic_write_with(target, fail)
     assert os.listdir(tmp_path) == []

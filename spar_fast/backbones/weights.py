@@ -90,19 +90,25 @@ def load_weights(model: nn.Module, path: str, trusted: bool = False) -> nn.Modul
     return model
 
 
-def save_weights(model: nn.Module, path: str) -> None:
-    """Write the full open_clip state dict as safetensors, atomically (temp file + rename).
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` on CPU, contiguous, with tensors that share storage copied apart
+    (safetensors refuses shared storage)."""
+    out, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    return out
 
-    Tensors are cloned to CPU so none share storage (safetensors refuses shared tensors).
-    """
+
+def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = None) -> None:
+    """Write the full open_clip state dict as safetensors, atomically (loadable with
+    ``model.load_state_dict(safetensors.torch.load_file(path))``)."""
     from safetensors.torch import save_file
 
-    path = os.fspath(path)
-    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from ..atomic import atomic_write_with
+
+    state = full_state_dict(model)
+    atomic_write_with(os.fspath(path), lambda tmp: save_file(state, tmp, metadata=metadata))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_with
 from ..errors import UserError
 
 # The 80 prompt templates of CLIP's ImageNet zero-shot evaluation, in their original order.
@@ -147,9 +148,7 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
             queries = embed_names(bb.encode_text, names).cpu()
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(queries, tmp)
-                os.replace(tmp, path)
+                atomic_write_with(str(path), lambda tmp: torch.save(queries, tmp))
         per_bb[key] = (queries.to(device), q2c.to(device))
     queries, q2c = per_bb[key]
     return queries, q2c, lines

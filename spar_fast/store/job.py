@@ -25,7 +25,8 @@ from ..errors import UserError
 from .dist import dist_env, gather_summaries, join_group, resolve_device
 from .reader import write_chunk
 from .records import StoreRecord
-from .shards import (CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, atomic_write, chunk_done, chunk_name,
+from ..atomic import atomic_write
+from .shards import (CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, chunk_done, chunk_name,
                      file_sha256, json_bytes, read_json, tensor_sha256)
 
 

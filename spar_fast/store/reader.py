@@ -14,7 +14,8 @@ from ..data.augment import apply_augment
 from ..data.images import load_image
 from ..errors import UserError
 from .records import StoreRecord
-from .shards import (CONFIG_NAME, FORMAT, SHARD_DIR, atomic_write, chunk_name, file_sha256,
+from ..atomic import atomic_write
+from .shards import (CONFIG_NAME, FORMAT, SHARD_DIR, chunk_name, file_sha256,
                      json_bytes, read_json)
 
 

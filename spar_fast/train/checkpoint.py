@@ -19,57 +19,12 @@ import random
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_write_with
+from ..backbones.weights import load_weights, save_weights
 
 STATE_FILE = "trainer_state.pt"
 FINAL_WEIGHTS = "final.safetensors"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: str, write) -> None:
-    """Call ``write(tmp_path)``, fsync it, move it to ``path``, fsync the directory."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` on CPU, contiguous, with tensors that share storage copied apart
-    (safetensors refuses shared storage)."""
-    out, seen = {}, set()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()
-        seen.add(t.untyped_storage().data_ptr())
-        out[name] = t
-    return out
-
-
-def save_weights(model: torch.nn.Module, path: str, metadata: dict[str, str] | None = None) -> None:
-    """Atomically write the full open_clip state dict of ``model`` to ``path`` (safetensors)."""
-    state = full_state_dict(model)
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
-def load_weights_into(model: torch.nn.Module, path: str) -> None:
-    """Load a file written by :func:`save_weights` into ``model`` (strict)."""
-    model.load_state_dict(load_file(path), strict=True)
 
 
 def rng_state() -> dict:
@@ -95,7 +50,7 @@ def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bo
     path = os.path.join(run_dir, name)
     save_weights(model, path, metadata={"global_step": str(state["global_step"])})
     state = dict(state, weights=name, rng=rng_state())
-    _atomic(os.path.join(run_dir, STATE_FILE), lambda tmp: torch.save(state, tmp))
+    atomic_write_with(os.path.join(run_dir, STATE_FILE), lambda tmp: torch.save(state, tmp))
     for other in os.listdir(run_dir):
         if other.startswith("weights-") and other.endswith(".safetensors") and other != name:
             os.remove(os.path.join(run_dir, other))

@@ -193,7 +193,7 @@ def run_demo(out_dir: str = "runs/demo", tiny: bool = False, device=None, progre
              say=print) -> dict:
     """Run the demo into ``out_dir``; returns the report (also ``out_dir/report.json``)."""
     from ..store import extract_features
-    from .checkpoint import load_weights_into
+    from ..backbones.weights import load_weights
     from .distill import fixed_random_init
     from .trainer import train
 
@@ -222,7 +222,7 @@ def run_demo(out_dir: str = "runs/demo", tiny: bool = False, device=None, progre
     stages["train_s"] = time.perf_counter() - t0
     before = _load_backbone(settings.backbone, pretrained).to(device)
     after = _load_backbone(settings.backbone, pretrained)
-    load_weights_into(after.model, weights)
+    load_weights(after.model, weights)
     after.to(device)
     t0 = time.perf_counter()
     rows, panels = evaluate_heldout(before, after, held_paths, settings.stride, device)

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from .checkpoint import save_weights
+from ..backbones.weights import save_weights
 from .trainer import train
 
 

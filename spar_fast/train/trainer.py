@@ -169,7 +169,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     total = sum(len(p) for p in plans)
     epoch, start, global_step = 0, 0, 0
     if state is not None:
-        ckpt.load_weights_into(bb.model, state["weights"])
+        ckpt.load_weights(bb.model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
