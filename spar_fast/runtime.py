@@ -1,0 +1,123 @@
+"""Runtime vocabulary shared by every stage, command and the API.
+
+* :func:`resolve_device` — one rule for device strings (``None``/``"auto"``, ``cpu``, ``cuda``,
+  ``cuda:N``; under torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``).
+* :func:`resolve_precision` / :func:`autocast` — precision names ``auto | fp32 | bf16 | fp16``
+  (``auto``: bf16 on CUDA, fp32 on CPU) and the matching autocast context.
+* :class:`Weights` — the one spelling of "which weights": ``hub`` (the published weights),
+  ``random[:SEED]`` (a seeded random init, reproducible in every process) or a file path.
+
+Errors are one-line :class:`spar_fast.errors.UserError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device=None, local_rank: int | None = None) -> torch.device:
+    """A checked ``torch.device``.
+
+    ``None`` / ``"auto"``: ``cuda`` when a GPU is visible, else ``cpu``. A bare ``cuda`` becomes
+    ``cuda:LOCAL_RANK`` when ``local_rank`` is given (torchrun), else the current device.
+    Malformed strings, unsupported device types, a missing GPU or an out-of-range index raise a
+    one-line ``UserError``.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"bad device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise UserError(f"unsupported device {str(dev)!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {str(dev)!r} requested but no CUDA GPU is available; use --device cpu")
+    if dev.index is None:
+        dev = torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+    if dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {str(dev)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``auto``/None -> ``bf16`` on CUDA, ``fp32`` on CPU; other names are checked and returned."""
+    name = "auto" if precision is None else str(precision).strip().lower()
+    if name not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if name == "auto":
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return name
+
+
+def autocast(device, precision: str | None = "auto"):
+    """Autocast context for ``precision`` on ``device`` (a no-op context for fp32)."""
+    device = torch.device(device)
+    dtype = _AMP_DTYPES[resolve_precision(precision, device)]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights a backbone gets: ``kind`` is ``hub``, ``random`` (with ``seed``) or ``file``
+    (with an absolute ``path``). ``str(w)`` is the canonical spelling, accepted by :meth:`parse`.
+    """
+
+    kind: str
+    seed: int | None = None
+    path: str | None = None
+
+    SPELLING = "hub, random[:SEED] or a weights file path"
+
+    @classmethod
+    def parse(cls, value) -> "Weights":
+        """``"hub"``, ``"random"`` (seed 0), ``"random:SEED"``, a path, or a ``Weights``."""
+        if isinstance(value, Weights):
+            return value
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"weights must be {cls.SPELLING}, got {value!r}")
+        text = value.strip()
+        low = text.lower()
+        if low == "hub":
+            return cls("hub")
+        if low == "random" or low.startswith("random:"):
+            seed_text = low.partition(":")[2] or "0"
+            try:
+                seed = int(seed_text)
+            except ValueError:
+                raise UserError(f"weights {text!r}: the seed after 'random:' must be an integer") from None
+            if seed < 0:
+                raise UserError(f"weights {text!r}: the seed must be >= 0")
+            return cls("random", seed=seed)
+        path = os.path.abspath(os.path.expanduser(text))
+        if not os.path.isfile(path):
+            raise UserError(f"weights file not found: {text} (weights are {cls.SPELLING})")
+        return cls("file", path=path)
+
+    @classmethod
+    def from_pretrained_arg(cls, pretrained) -> "Weights":
+        """The older ``pretrained=`` argument: True -> hub, False/None -> random:0, a path -> file."""
+        if pretrained is True:
+            return cls("hub")
+        if pretrained is False or pretrained is None:
+            return cls("random", seed=0)
+        return cls.parse(pretrained)
+
+    def __str__(self) -> str:
+        if self.kind == "random":
+            return f"random:{self.seed}"
+        return self.path if self.kind == "file" else self.kind
