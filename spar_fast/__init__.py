@@ -15,8 +15,12 @@ _EXPORTS = {
     "dense_features": "spar_fast.backbones",
     "teacher_features": "spar_fast.teacher",
     "segment": "spar_fast.segmentation",
+    "load_image": "spar_fast.segmentation.preprocess",
     "distill": "spar_fast.train",
+    "train": "spar_fast.train",
+    "TrainConfig": "spar_fast.train",
     "evaluate": "spar_fast.evaluation",
+    "Weights": "spar_fast.runtime",
     "UserError": "spar_fast.errors",
 }
 

@@ -6,6 +6,8 @@
   (``auto``: bf16 on CUDA, fp32 on CPU) and the matching autocast context.
 * :class:`Weights` — the one spelling of "which weights": ``hub`` (the published weights),
   ``random[:SEED]`` (a seeded random init, reproducible in every process) or a file path.
+* :func:`check_output_dir` / :func:`check_output_file` — output locations checked before any work
+  (a file where a folder is needed and vice versa, a missing parent folder, a wrong suffix).
 
 Errors are one-line :class:`spar_fast.errors.UserError`.
 """
@@ -69,6 +71,39 @@ def autocast(device, precision: str | None = "auto"):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _first_existing(path: str) -> str:
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_output_dir(path) -> str:
+    """An output folder (created later, parents included): not a file, and no file on its way."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"output {path} is a file; a folder is needed")
+    existing = _first_existing(path)
+    if not os.path.isdir(existing):
+        raise UserError(f"output {path}: {existing} is a file, not a folder")
+    return path
+
+
+def check_output_file(path, suffixes: tuple[str, ...] = ()) -> str:
+    """An output file: one of ``suffixes`` (when given), not a folder, in an existing folder."""
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        raise UserError(f"output {text} is a folder; a file name is needed")
+    if suffixes and not text.lower().endswith(suffixes):
+        raise UserError(f"output {text} must end with one of {', '.join(suffixes)}")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise UserError(f"output folder {parent} does not exist")
+    return text
+
+
 @dataclass(frozen=True)
 class Weights:
     """Which weights a backbone gets: ``kind`` is ``hub``, ``random`` (with ``seed``) or ``file``
@@ -116,6 +151,23 @@ class Weights:
         if pretrained is False or pretrained is None:
             return cls("random", seed=0)
         return cls.parse(pretrained)
+
+    @classmethod
+    def of(cls, value) -> "Weights":
+        """Any accepted spelling: a ``Weights``, a string or path (:meth:`parse`), or the older
+        ``True`` / ``False`` / ``None`` of ``pretrained=`` (:meth:`from_pretrained_arg`); this is
+        also how a store's recorded weights (old or new form) are read back."""
+        if value is None or isinstance(value, bool):
+            return cls.from_pretrained_arg(value)
+        return cls.parse(value)
+
+    def identity(self) -> str:
+        """A string that changes whenever the weights may change: ``hub``, ``random:SEED`` or
+        ``file:<abspath>:<size>:<mtime_ns>`` (keys caches derived from the weights)."""
+        if self.kind != "file":
+            return str(self)
+        stat = os.stat(self.path)
+        return f"file:{self.path}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def __str__(self) -> str:
         if self.kind == "random":

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from spar_fast.backbones import Backbone, registry
 from spar_fast.errors import UserError
 from spar_fast.train import train
-from spar_fast.train.distill import fixed_random_init
 from spar_fast.train.loader import StoreDataset
 from spar_fast.train.sampler import PackingSampler
 from spar_fast.train.trainer import step_loss
@@ -23,14 +22,14 @@ SIZES = [(64, 64), (60, 90), (100, 70)]
 
 
 def make_tiny_store(root, backbone="siglip2-tiny", sizes=SIZES, seed=0):
-    """Random-pixel images + a seeded random teacher -> (store path, init weights path)."""
+    """Random-pixel images + a seeded random teacher -> (store path, its weights "random:SEED")."""
     from spar_fast.store import extract_features
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "img"), exist_ok=True)
     for i, (h, w) in enumerate(sizes):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(root, "img", f"{i}.png"))
-    init = fixed_random_init(backbone, os.path.join(root, "init.safetensors"), seed)
+    init = f"random:{seed}"
     store = os.path.join(root, "store")
     extract_features(os.path.join(root, "img"), store, backbone=backbone, pretrained=init,
                      augment="none", device="cpu", progress=False, workers=0)
@@ -83,7 +82,7 @@ def test_packed_gradient_is_mean_of_single_gradients(tiny):
 def test_one_image_per_step_matches_hand_written_reference(tiny, tmp_path):
     """train() with defaults == the reference loop: AdamW(2e-5, wd 1e-4), per-image MSE, constant lr."""
     store, init = tiny
-    final = train(store, str(tmp_path / "run"), epochs=2, device="cpu", num_workers=0, progress=False)
+    final = train(store, str(tmp_path / "run"), epochs=2, device="cpu", workers=0, progress=False)
     bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
     n = bb.num_blocks
     prefixes = (bb.block_param_prefix(n - 1), bb.block_param_prefix(n - 2))
@@ -99,7 +98,7 @@ def test_one_image_per_step_matches_hand_written_reference(tiny, tmp_path):
             F.mse_loss(bb(items[i][0][None])[0], items[i][1].float()).backward()
             opt.step()
     trained = load_file(final)
-    initial = load_file(init)
+    initial = Backbone.from_pretrained("siglip2-tiny", weights=init).model.state_dict()
     for k, v in bb.model.state_dict().items():
         if k in names:
             assert not torch.equal(trained[k], initial[k]), k
@@ -113,7 +112,7 @@ def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
     store, _ = tiny
     run = tmp_path / "run"
     final = train(store, str(run), epochs=2, tokens_per_step=2600, lr=1e-4, schedule="cosine",
-                  warmup_steps=2, device="cpu", num_workers=0, progress=False)
+                  warmup_steps=2, device="cpu", workers=0, progress=False)
     records = [json.loads(line) for line in open(run / "metrics.jsonl")]
     sampler = PackingSampler([1024, 1536, 1440], 2600, seed=0)
     assert len(records) == len(sampler.epoch_plan(0)) + len(sampler.epoch_plan(1))
@@ -127,7 +126,7 @@ def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
     # a second call finds the finished run and returns it without training
     mtime = os.path.getmtime(final)
     assert train(store, str(run), epochs=2, tokens_per_step=2600, lr=1e-4, schedule="cosine",
-                 warmup_steps=2, device="cpu", num_workers=0, progress=False) == final
+                 warmup_steps=2, device="cpu", workers=0, progress=False) == final
     assert os.path.getmtime(final) == mtime
 
 
@@ -143,13 +142,13 @@ def test_frozen_prefix_runs_without_grad(tiny, tmp_path, monkeypatch, unfreeze, 
 
     monkeypatch.setattr(Backbone, "forward_packed", spy)
     train(store, str(tmp_path / "run"), epochs=1, unfreeze=unfreeze, tokens_per_step=10**6,
-          device="cpu", num_workers=0, progress=False)
+          device="cpu", workers=0, progress=False)
     assert seen == [first]
 
 
 def test_bad_input_is_user_error(tiny, tmp_path):
     store, _ = tiny
-    kw = dict(device="cpu", num_workers=0, progress=False)
+    kw = dict(device="cpu", workers=0, progress=False)
     with pytest.raises(UserError, match="does not exist"):
         train(str(tmp_path / "nope"), str(tmp_path / "a"), **kw)
     with pytest.raises(UserError, match="needs a CUDA device"):

@@ -7,25 +7,42 @@ attention restricted to each image (``spar_fast.ops.varlen_attention``; the trai
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..runtime import Weights
 from . import registry
 from .layers import require_inactive, sdpa_attend, varlen_attend
 from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
 
 log = logging.getLogger(__name__)
+_UNSET = object()  # "pretrained= not given" (None is one of its older values)
+
+
+def _create_seeded(create_model, open_clip_name: str, seed: int) -> nn.Module:
+    """``create_model(open_clip_name)`` without weights, initialized from ``seed`` on the CPU
+    generator (forked: the caller's random state is untouched), so ``random:SEED`` gives the same
+    weights in every process. open_clip's "No pretrained weights loaded ... initialized randomly"
+    warning is silenced: the weights are either a file loaded right after or announced here."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(open_clip_name, pretrained=None)
+    finally:
+        logging.disable(previous)
 
 
 class Backbone(nn.Module):
     """Dense features of an open_clip model (SigLIP2 timm trunk or OpenCLIP VisionTransformer).
 
     Attributes: ``family`` ("siglip2" | "openclip"), ``name``, ``patch_size``, ``window`` (native
-    size), ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model).
+    size), ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model),
+    ``weights_id`` (which weights, for cache keys; None for a wrapped model).
     """
 
     def __init__(self, model: nn.Module, name: str | None = None, open_clip_name: str | None = None):
@@ -43,6 +60,7 @@ class Backbone(nn.Module):
         self._tower = tower
         self._open_clip_name = open_clip_name
         self._tokenizer = None
+        self.weights_id = None  # set by from_pretrained: which weights (Weights.identity())
         self.family = tower.family
         self.name = name or (registry.spar_name(open_clip_name) if open_clip_name else None) or open_clip_name
         self.patch_size = tower.patch_size
@@ -60,40 +78,44 @@ class Backbone(nn.Module):
         return cls(model, name=name, open_clip_name=open_clip_name)
 
     @classmethod
-    def from_pretrained(cls, name: str, pretrained: bool | str = True, device=None,
-                        trusted: bool = False) -> "Backbone":
-        """Build through open_clip. ``pretrained``: True (hub weights, needs network), a local
-        checkpoint path (any format of :func:`spar_fast.backbones.weights.load_weights`;
-        ``trusted`` allows full unpickling), or False (random init)."""
+    def from_pretrained(cls, name: str, weights="hub", device=None, trusted: bool = False, *,
+                        pretrained=_UNSET) -> "Backbone":
+        """Build through open_clip with ``weights``: ``"hub"`` (the published weights, needs the
+        network once), ``"random"`` / ``"random:SEED"`` (a seeded random init, the same in every
+        process), a local checkpoint path (any format of
+        :func:`spar_fast.backbones.weights.load_weights`; ``trusted`` allows full unpickling) or a
+        :class:`spar_fast.runtime.Weights`. The older ``pretrained=True | False | PATH`` is still
+        accepted (False means ``random:0``). Sets ``weights_id`` (:meth:`Weights.identity`)."""
         import open_clip
 
         from .weights import load_weights
 
+        chosen = Weights.of(weights if pretrained is _UNSET else pretrained)
         entry = registry.resolve(name)
         registry.ensure_registered()
-        if pretrained not in (True, False, None) and not os.path.isfile(os.fspath(pretrained)):
-            raise UserError(f"checkpoint not found: {pretrained} (pretrained= takes True, False or a file path)")
-        if pretrained is True:
+        if chosen.kind == "hub":
             if entry.pretrained_tag is None:
-                raise UserError(f"{name!r} has no hub weights; pass a local checkpoint path as pretrained=PATH "
-                                "or pretrained=False for random init")
+                raise UserError(f"{name!r} has no hub weights; use random weights (weights='random[:SEED]', "
+                                "--weights random) or a local file (weights=PATH, --weights PATH)")
             try:
                 model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
             except Exception as exc:
                 raise UserError(f"cannot fetch the {name!r} hub weights ({entry.open_clip_name}, "
                                 f"{entry.pretrained_tag}): {str(exc).splitlines()[0] if str(exc) else exc!r}; "
-                                "offline, pass a local checkpoint path as pretrained=PATH "
-                                "(--weights PATH) or pretrained=False for random init") from exc
+                                "offline, use a local file (weights=PATH, --weights PATH) or random "
+                                "weights (weights='random', --weights random)") from exc
         else:
-            model = open_clip.create_model(entry.open_clip_name, pretrained=None)
-            if pretrained is False or pretrained is None:
-                log.warning("backbone %s: random initialization (no pretrained weights)", name)
+            model = _create_seeded(open_clip.create_model, entry.open_clip_name, chosen.seed or 0)
+            if chosen.kind == "random":
+                log.info("backbone %s: random initialization %s (no pretrained weights)", name, chosen)
             else:
-                load_weights(model, pretrained, trusted=trusted)
+                load_weights(model, chosen.path, trusted=trusted)
         model.eval()
         if device is not None:
             model.to(device)
-        return cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
+        bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
+        bb.weights_id = chosen.identity()
+        return bb
 
     # geometry / parameters ------------------------------------------------------------------
     def grid(self, height: int, width: int) -> tuple[int, int]:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from ..segmentation.cli_args import add_model_args, add_resize_arg
+
     p = subparsers.add_parser(
         "embed", help="dense features of an image to .safetensors or .npy",
         description="Single-pass dense features [h, w, C] of one image (fp32, not normalized), "
                     "saved as safetensors (key 'features') or .npy.")
     p.add_argument("image", help="input image file")
-    from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p)
     add_resize_arg(p)
     p.add_argument("-o", "--output", required=True, help="output .safetensors or .npy file")
@@ -17,24 +18,22 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
-    from ..segmentation.cli_args import check_output, load_model, model_input, read_image
-    from ..segmentation.infer import autocast
+    from ..backbones import dense_features
+    from ..runtime import check_output_file
+    from ..segmentation.cli_args import load_model, model_input, read_image
 
-    check_output(args.output, (".safetensors", ".npy"))
+    check_output_file(args.output, (".safetensors", ".npy"))
     image = read_image(args.image)
     bb = load_model(args)
     x = model_input(image, bb, args.no_resize)
-    with torch.no_grad(), autocast(x.device, "auto"):
-        feats = bb(x[None])[0]
-    feats = feats.float().cpu().contiguous()
+    feats = dense_features(bb, x, "auto").float().cpu().contiguous()
     if args.output.lower().endswith(".npy"):
         np.save(args.output, feats.numpy())
     else:
         from safetensors.torch import save_file
         save_file({"features": feats}, args.output,
-                  metadata={"backbone": args.backbone, "image": args.image,
+                  metadata={"backbone": args.backbone, "weights": bb.weights_id, "image": args.image,
                             "input_hw": f"{x.shape[1]}x{x.shape[2]}"})
     print(f"wrote {args.output}: features {tuple(feats.shape)}")
     return 0

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
+    from ..segmentation.cli_args import (AREA_THD, LOGIT_SCALE, PROB_THD, STRIDE, add_model_args,
+                                         add_resize_arg)
+
     p = subparsers.add_parser(
         "segment", help="segment an image with free-text classes",
         description="Open-vocabulary segmentation of one image: a colored overlay with a legend "
@@ -13,31 +16,32 @@ def add_parser(subparsers) -> None:
                                          '(e.g. "road, street; car; sky")')
     group.add_argument("--class-file", help="text file with one class per line (synonyms "
                                             'separated by ", ")')
-    from ..segmentation.cli_args import add_model_args, add_resize_arg
     add_model_args(p)
     add_resize_arg(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
-    p.add_argument("--stride", type=int, default=24, help="sliding-window stride in pixels")
-    p.add_argument("--logit-scale", type=float, default=40.0, help="logit scale before softmax")
-    p.add_argument("--prob-thd", type=float, default=0.0,
-                   help="pixels whose best probability is below this become class 0")
-    p.add_argument("--area-thd", type=float, default=None,
-                   help="drop classes 1.. whose area is at most this fraction of classes 1..")
+    p.add_argument("--stride", type=STRIDE, default=24, help="sliding-window stride in pixels (>= 1)")
+    p.add_argument("--logit-scale", type=LOGIT_SCALE, default=40.0, help="logit scale before softmax")
+    p.add_argument("--prob-thd", type=PROB_THD, default=0.0,
+                   help="pixels whose best probability is below this (in [0, 1]) become class 0")
+    p.add_argument("--area-thd", type=AREA_THD, default=None,
+                   help="drop classes 1.. whose area is at most this fraction of classes 1.. "
+                        "(default: off)")
     p.add_argument("-o", "--output", required=True, help="overlay image (.png or .jpg)")
     p.add_argument("--save-mask", default=None, help="also write the label indices as a PNG")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..segmentation.cli_args import check_output, load_model, model_input, read_image
+    from ..runtime import check_output_file
+    from ..segmentation.cli_args import load_model, model_input, read_image
     from ..segmentation.infer import segment
     from ..segmentation.queries import default_cache_dir, parse_classes
     from ..segmentation.render import overlay, save_mask
 
-    check_output(args.output, (".png", ".jpg", ".jpeg"))
+    check_output_file(args.output, (".png", ".jpg", ".jpeg"))
     if args.save_mask:
-        check_output(args.save_mask, (".png",))
+        check_output_file(args.save_mask, (".png",))
     lines = parse_classes(args.classes if args.classes is not None else _class_file(args.class_file))
     image = read_image(args.image)
     bb = load_model(args)

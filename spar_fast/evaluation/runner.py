@@ -27,6 +27,9 @@ SETTINGS = {
     ("openclip", "context60"): (50.0, 0.1, None),
 }
 
+# Datasets whose label 0 is the background, described by a line of stuff names.
+BACKGROUND_FIRST = ("voc21", "context60")
+
 # Images decoded ahead of the model (bounded so memory stays a few images).
 _PREFETCH = 4
 
@@ -75,9 +78,13 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         classes: class lines replacing the built-in list (same count as the dataset's classes).
         batch_size: images per packed forward (single mode).
     Returns:
-        ``{"dataset", "mode", "num_images", "settings", "classes", "mIoU", "mIoU_torchmetrics",
-        "mIoU_all_classes", "aAcc", "IoU"}``; ``IoU`` lists the per-class IoU in class order
-        (None for a class with an empty union).
+        A dict; every score is a PERCENTAGE (0-100), the unit the CLI prints:
+        ``mIoU`` (MMSeg: mean over classes with a non-empty union), ``mIoU_torchmetrics``
+        (torchmetrics JaccardIndex), ``mIoU_all_classes`` (absent classes count as 0), ``aAcc``
+        (pixel accuracy), ``per_class`` (``{class name: IoU}``, None for a class with an empty
+        union), ``IoU`` (the same values as a list in class order), and ``dataset``, ``mode``,
+        ``num_images``, ``settings`` (logit_scale, prob_thd, area_thd used), ``classes`` (the
+        class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
     if mode not in ("single", "slide"):
@@ -115,5 +122,27 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
                                   **settings)
         for pred, (_, _, label) in zip(preds, batch):
             confmat.update(pred, torch.from_numpy(label).to(device))
-    return {"dataset": dataset, "mode": mode, "num_images": len(samples), "settings": settings,
-            "classes": lines, **confmat.compute()}
+    return as_percent(confmat.compute(), {"dataset": dataset, "mode": mode, "num_images": len(samples),
+                                          "settings": settings, "classes": lines},
+                      class_names(dataset, lines))
+
+
+def class_names(dataset: str, lines: list[str]) -> list[str]:
+    """Display name of each class line: its first name; label 0 of the datasets whose first line
+    is a list of stuff names standing for the background is called "background"."""
+    names = [line.split(", ")[0].strip() for line in lines]
+    if dataset in BACKGROUND_FIRST:
+        names[0] = "background"
+    return names
+
+
+def as_percent(scores: dict, head: dict, names: list[str]) -> dict:
+    """``head`` plus the fraction ``scores`` of :func:`spar_fast.evaluation.scores` as
+    percentages, and ``per_class`` ``{name: IoU %}`` (None for a class absent from prediction
+    and label)."""
+    out = dict(head, units="percent")
+    for key in ("mIoU", "mIoU_torchmetrics", "mIoU_all_classes", "aAcc"):
+        out[key] = 100.0 * scores[key]
+    out["IoU"] = [None if v is None else 100.0 * v for v in scores["IoU"]]
+    out["per_class"] = dict(zip(names, out["IoU"]))
+    return out

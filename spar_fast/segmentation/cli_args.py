@@ -5,27 +5,24 @@ import argparse
 import os
 
 from ..errors import UserError
-from .preprocess import TEST_SCALE, prepare_image
+from ..options import arg_type, at_least, finite, finite_above, in_range
+from .preprocess import TEST_SCALE
 
-BACKBONES = ("siglip2-b16-512", "openclip-b16", "siglip2-tiny", "openclip-tiny")
+# argparse types for the inference options (checked at the edge: one line, exit 2)
+STRIDE = arg_type(int, at_least(1))
+POSITIVE_INT = arg_type(int, at_least(1))
+LOGIT_SCALE = arg_type(float, finite)
+PROB_THD = arg_type(float, in_range(0.0, 1.0))
+AREA_THD = arg_type(float, finite_above(0.0, inclusive=True))
 
 
-def add_model_args(parser: argparse.ArgumentParser, multi_checkpoint: bool = False) -> None:
-    parser.add_argument("--backbone", default="siglip2-b16-512", choices=BACKBONES,
-                        help="backbone architecture (default: %(default)s)")
-    if multi_checkpoint:
-        parser.add_argument("--checkpoint", action="append", default=None, metavar="CKPT",
-                            help="weights to load; repeat for several models (default: the "
-                                 "pretrained weights)")
-    else:
-        parser.add_argument("--checkpoint", default=None, metavar="CKPT",
-                            help="SPAR .ckpt, model.-prefixed state dict, open_clip checkpoint or "
-                                 "spar_fast safetensors (default: the pretrained weights)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="random weights instead of pretrained ones (checks a pipeline "
-                             "without downloading weights)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda or cuda:N (default: cuda when available)")
+def add_model_args(parser: argparse.ArgumentParser, multi_weights: bool = False) -> None:
+    """``--backbone``, ``--weights`` (repeatable with ``multi_weights``) and ``--device``."""
+    from ..commands.args import add_backbone, add_device, add_weights
+
+    add_backbone(parser, "siglip2-b16-512")
+    add_weights(parser, None if multi_weights else "hub", "hub", repeatable=multi_weights)
+    add_device(parser)
 
 
 def add_resize_arg(parser: argparse.ArgumentParser) -> None:
@@ -34,14 +31,15 @@ def add_resize_arg(parser: argparse.ArgumentParser) -> None:
                              f"{TEST_SCALE[0]}x{TEST_SCALE[1]} as in evaluation)")
 
 
-def load_model(args, checkpoint=None):
-    """The backbone named by ``args`` (``checkpoint`` overrides ``args.checkpoint``)."""
-    from .model import load_backbone
+def load_model(args, weights=None):
+    """The backbone named by ``args`` (``weights`` overrides ``args.weights``), eval mode, on
+    ``args.device``."""
+    from ..backbones import Backbone
+    from ..runtime import resolve_device
 
-    ckpt = checkpoint if checkpoint is not None else getattr(args, "checkpoint", None)
-    if ckpt is not None and args.random_init:
-        raise UserError("--random-init and --checkpoint exclude each other")
-    return load_backbone(args.backbone, ckpt, device=args.device, random_init=args.random_init)
+    device = resolve_device(args.device)
+    chosen = weights if weights is not None else args.weights
+    return Backbone.from_pretrained(args.backbone, weights=chosen).to(device).eval()
 
 
 def read_image(path: str):
@@ -55,15 +53,5 @@ def read_image(path: str):
 
 def model_input(image, bb, no_resize: bool):
     """Normalized ``[3, H', W']`` on the backbone's device (test resize unless ``no_resize``)."""
-    device = next(iter(bb.parameters())).device
-    return prepare_image(image, bb.mean, bb.std, None if no_resize else TEST_SCALE, device)
-
-
-def check_output(path: str, suffixes: tuple[str, ...]) -> str:
-    """Validate an output path: known suffix and an existing parent folder."""
-    if not path.lower().endswith(suffixes):
-        raise UserError(f"output {path} must end with one of {', '.join(suffixes)}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"output folder {parent} does not exist")
-    return path
+    from .preprocess import load_image
+    return load_image(image, bb, resize=None if no_resize else "test")

@@ -15,38 +15,17 @@ never reaches outside the image, exactly as the single pass sees that side.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..runtime import autocast
+from ..teacher.features import check_image
 from ..teacher.window_plan import window_origins
 from .queries import text_queries
 
 # Windows per forward in sliding mode: the sub-batch of the paper's timing protocol (SPEC §5.8).
 SLIDE_BATCH = 60
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, None: None}
-
-
-def autocast(device: torch.device, amp: str | None):
-    """Autocast context for ``amp`` ("auto": bf16 on GPU, fp32 on CPU; "bf16"/"fp16"/"fp32")."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else None
-    if amp not in _AMP:
-        raise UserError(f"amp must be one of auto, bf16, fp16, fp32, got {amp!r}")
-    dtype = _AMP[amp]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def check_image(image) -> None:
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise UserError(f"expected a normalized image tensor [3, H, W], got {shape}")
-    if not image.is_floating_point():
-        raise UserError(f"expected a float (normalized) image, got dtype {image.dtype}")
-
 
 def cosine_logits(feats: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     """``feats [..., C]`` (any dtype), ``queries [Q, C]`` unit-norm -> fp32 ``[..., Q]``."""
@@ -122,7 +101,8 @@ def segment(bb, image: torch.Tensor, classes, mode: str = "single", logit_scale:
         mode: "single" (one dense forward) or "slide" (windows of ``bb.window`` at ``stride``).
         logit_scale, logit_bias, prob_thd, area_thd: SPEC §5 step 3 (bias 0 as in the reference).
         out_hw: size of the label map (default ``(H, W)``); logits are upsampled to it.
-        amp: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16" or "fp32".
+        amp: a precision name of :func:`spar_fast.runtime.autocast`: "auto" (bf16 on GPU,
+            fp32 on CPU), "bf16", "fp16" or "fp32".
         fused: single mode only; False runs the unfused reference postprocess.
     Returns:
         int64 ``[out_h, out_w]`` class indices (line numbers of ``classes``), on the image's device.

@@ -1,4 +1,5 @@
-"""Image preparation for segmentation: keep-ratio test resize and normalization (SPEC §5.1).
+"""Image preparation: keep-ratio test resize (SPEC §5.1), normalization, and
+:func:`load_image`, the real-photo entry point of the API (``sf.load_image``).
 
 The test resize fits the image into a (long, short) scale keeping its aspect ratio, with the
 rescale rule of SPEC §3.1: ``factor = min(max(scale) / max(H, W), min(scale) / min(H, W))``,
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import normalize
 from ..errors import UserError
 
 TEST_SCALE = (2048, 672)
@@ -36,14 +38,7 @@ def to_tensor01(image, device=None) -> torch.Tensor:
     return image.to(device).permute(2, 0, 1).float().div_(255.0)
 
 
-def normalize(image01: torch.Tensor, mean, std) -> torch.Tensor:
-    """``[3, H, W]`` in [0, 1] -> ``(x - mean) / std`` per channel."""
-    mean = torch.as_tensor(mean, dtype=image01.dtype, device=image01.device).view(3, 1, 1)
-    std = torch.as_tensor(std, dtype=image01.dtype, device=image01.device).view(3, 1, 1)
-    return (image01 - mean) / std
-
-
-def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+def resize_to(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of ``[3, H, W]`` to ``size_hw`` (identity when the size is unchanged)."""
     if tuple(image.shape[-2:]) == tuple(size_hw):
         return image
@@ -56,5 +51,56 @@ def prepare_image(image, mean, std, scale: tuple[int, int] | None = TEST_SCALE,
     """``uint8 [H, W, 3]`` -> normalized float32 ``[3, H', W']`` (test-resized unless ``scale`` is None)."""
     x = to_tensor01(image, device)
     if scale is not None:
-        x = resize(x, keep_ratio_hw(x.shape[1], x.shape[2], scale))
+        x = resize_to(x, keep_ratio_hw(x.shape[1], x.shape[2], scale))
     return normalize(x, mean, std)
+
+
+def _to_uint8_rgb(src) -> np.ndarray | torch.Tensor:
+    """A path, PIL image, or ``[H, W, 3]`` / ``[H, W]`` uint8 array or tensor -> ``uint8 [H, W, 3]``."""
+    import os
+
+    from ..data.images import load_image as decode
+
+    if isinstance(src, (str, os.PathLike)):
+        if not os.path.isfile(src):
+            raise UserError(f"image not found: {os.fspath(src)}")
+        return decode(src)
+    if hasattr(src, "convert") and hasattr(src, "size"):  # a PIL image
+        return np.asarray(src.convert("RGB"))
+    if isinstance(src, (np.ndarray, torch.Tensor)) and src.ndim == 2:
+        src = np.stack([np.asarray(src)] * 3, -1)
+    return src
+
+
+def teacher_hw(height: int, width: int, patch: int, window: int) -> tuple[int, int]:
+    """The size the sliding-window teacher accepts (SPEC §2): keep-ratio upscale so the short side
+    is at least ``window`` when it is shorter, then each side floored to a multiple of ``patch``
+    (``window`` is a multiple of ``patch``, so both sides stay >= ``window``)."""
+    if min(height, width) < window:
+        height, width = keep_ratio_hw(height, width, (max(height, width) * window, window))
+        height, width = max(height, window), max(width, window)
+    return height // patch * patch, width // patch * patch
+
+
+def load_image(src, bb, resize: str | tuple[int, int] | None = "test", for_teacher: bool = False,
+               device=None) -> torch.Tensor:
+    """The normalized ``[3, H, W]`` float32 input of backbone ``bb`` for a real photo.
+
+    ``src``: an image path, a PIL image, or a uint8 ``[H, W, 3]`` (or grey ``[H, W]``) numpy
+    array / tensor. ``resize``: ``"test"`` (keep-ratio into 2048x672, the evaluation rule of SPEC
+    §5.1), a ``(long, short)`` scale, or None (keep the size). The result goes to
+    :func:`spar_fast.dense_features` and :func:`spar_fast.segment` as is (every family handles
+    any size: SigLIP2 pads to a multiple of the patch, OpenCLIP drops the remainder). With
+    ``for_teacher`` the sides are also made what :func:`spar_fast.teacher_features` needs:
+    multiples of ``bb.patch_size`` and at least ``bb.window`` (:func:`teacher_hw`; a slight
+    stretch of < one patch per side). ``device``: default the backbone's.
+    """
+    if device is None:
+        device = next(iter(bb.parameters())).device if hasattr(bb, "parameters") else "cpu"
+    if resize is not None and resize != "test" and (isinstance(resize, str) or len(resize) != 2):
+        raise UserError(f"resize must be 'test', a (long, short) scale or None, got {resize!r}")
+    scale = None if resize is None else TEST_SCALE if resize == "test" else tuple(resize)
+    x = prepare_image(_to_uint8_rgb(src), bb.mean, bb.std, scale, device)
+    if for_teacher:  # bilinear commutes with the per-channel normalization
+        x = resize_to(x, teacher_hw(x.shape[1], x.shape[2], bb.patch_size, bb.window))
+    return x

@@ -26,6 +26,7 @@ from .dist import dist_env, gather_summaries, join_group, resolve_device
 from .reader import write_chunk
 from .records import StoreRecord
 from ..atomic import atomic_write
+from ..runtime import Weights
 from .shards import (CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, chunk_done, chunk_name,
                      file_sha256, json_bytes, read_json, tensor_sha256)
 
@@ -34,12 +35,9 @@ def _backbone(backbone, pretrained, device):
     """``(module, name, pretrained-as-recorded)`` for a registry name or a Backbone object."""
     if isinstance(backbone, str):
         from ..backbones import Backbone
-        if isinstance(pretrained, (str, os.PathLike)):
-            pretrained = os.path.abspath(os.fspath(pretrained))
-            if not os.path.isfile(pretrained):
-                raise UserError(f"pretrained weights {pretrained} not found")
-        bb = Backbone.from_pretrained(backbone, pretrained=pretrained)
-        return bb.to(device).eval(), backbone, pretrained
+        weights = str(Weights.of(pretrained))  # recorded canonical: hub, random:SEED or a path
+        bb = Backbone.from_pretrained(backbone, weights=weights)
+        return bb.to(device).eval(), backbone, weights
     for attr in ("patch_size", "window", "feature_dim", "mean", "std"):
         if not hasattr(backbone, attr):
             raise UserError(f"backbone object has no {attr!r}; pass a name or a spar_fast.Backbone")

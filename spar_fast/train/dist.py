@@ -14,23 +14,20 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..runtime import resolve_device
+
 
 def init_from_env(device: torch.device | str | None) -> tuple[int, int, torch.device, bool]:
     """Join the torchrun process group when ``WORLD_SIZE > 1``.
 
     Returns ``(rank, world, device, created)``; ``created`` tells whether this call created the
-    group (the caller then destroys it). Backend: nccl for CUDA, gloo for CPU; each process
-    takes ``cuda:LOCAL_RANK``."""
+    group (the caller then destroys it). Backend: nccl for CUDA, gloo for CPU; the device follows
+    :func:`spar_fast.runtime.resolve_device` (a bare ``cuda`` is ``cuda:LOCAL_RANK``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
     if world <= 1:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
         return 0, 1, device, False
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     created = not dist.is_initialized()
     if created:

@@ -12,54 +12,20 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..runtime import Weights, autocast, check_output_dir, resolve_precision
 from . import checkpoint as ckpt
+from .config import TrainConfig, make_config
 from .dist import barrier, init_from_env, sum_gradients, sum_scalar
 from .loader import StoreDataset, make_loader
 from .report import MetricsLog, plot_loss
 from .sampler import PackingSampler
 from .unfreeze import apply_unfreeze
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Settings of a run; all but the last group must match when a run is resumed."""
-
-    backbone: str
-    pretrained: object
-    unfreeze: str = "blk_-1,blk_-2"
-    tokens_per_step: int | None = None
-    chunks_per_step: int = 1
-    lr: float = 2e-5
-    weight_decay: float = 1e-4
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    precision: str = "fp32"
-    seed: int = 0
-    epochs: int = 10  # may change on resume (longer training) unless the schedule is cosine
-
-
-def _check(cfg: TrainConfig) -> None:
-    if cfg.epochs < 1:
-        raise UserError(f"epochs must be >= 1, got {cfg.epochs}")
-    if not cfg.lr > 0:
-        raise UserError(f"lr must be > 0, got {cfg.lr}")
-    if cfg.weight_decay < 0:
-        raise UserError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    if cfg.schedule not in SCHEDULES:
-        raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    if cfg.warmup_steps < 0:
-        raise UserError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
-
 
 def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     """Learning rate of 0-based ``step`` out of ``total``: constant, linear warmup, cosine decay."""
@@ -69,92 +35,82 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * factor
 
 
-def _resume_state(run_dir: str, cfg: TrainConfig, resume: bool) -> dict | None:
+def _resume_state(run_dir: str, key: dict, resume: bool) -> dict | None:
     state = ckpt.load_checkpoint(run_dir) if resume else None
     if state is None:
         return None
     saved = dict(state["config"])
-    now = asdict(cfg)
-    ignore = {"epochs"} if cfg.schedule == "constant" else set()
-    diff = [k for k in now if k not in ignore and saved.get(k) != now[k]]
+    ignore = {"epochs"} if key["schedule"] == "constant" else set()
+    diff = [k for k in key if k not in ignore and saved.get(k) != key[k]]
     if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff)
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {key[k]!r}" for k in diff)
         raise UserError(f"{run_dir} holds a run with other settings ({details}); "
                         "use another output directory, or disable resuming to start over")
     return state
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def step_loss(bb, images, targets, first_block: int, n_global: int, device, precision) -> torch.Tensor:
     """Sum over the chunk of per-image MSE (fp32, over all elements) divided by ``n_global``.
 
     ``images``: list of ``[3,Hi,Wi]``; ``targets``: list of ``[hi,wi,C]``."""
-    with _autocast(device, precision):
+    with autocast(device, precision):
         feats = bb.forward_packed([im.to(device, non_blocking=True) for im in images],
                                   grad_from_block=first_block)
     losses = [F.mse_loss(f.float(), t.to(device, non_blocking=True).float()) for f, t in zip(feats, targets)]
     return torch.stack(losses).sum() / n_global
 
 
-def train(store: str, out_dir: str, *, backbone: str | None = None, pretrained=None, epochs: int = 10,
-          unfreeze: str = "blk_-1,blk_-2", tokens_per_step: int | None = None, accumulate: int = 1,
-          lr: float = 2e-5, weight_decay: float = 1e-4, schedule: str = "constant", warmup_steps: int = 0,
-          precision: str = "auto", device=None, seed: int = 0, num_workers: int | None = None,
-          checkpoint_every: int = 0, resume: bool = True, progress: bool = True) -> str:
+def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrides) -> str:
     """Distill the store's teacher features into a student; returns the final weights path.
 
     ``store``: a feature store directory (its config names the backbone and weights, which
-    ``backbone`` / ``pretrained`` override). Writes ``out_dir/{final.safetensors,
+    ``config.backbone`` / ``config.weights`` override). ``config``: a :class:`TrainConfig`
+    (default: the reference recipe); keyword ``overrides`` replace its fields, e.g.
+    ``train(store, out, epochs=2, weights="random:0")``. Writes ``out_dir/{final.safetensors,
     trainer_state.pt, metrics.jsonl, loss.png}``. Under torchrun every process runs this; each
-    takes ``accumulate`` chunks of every global step. ``checkpoint_every``: steps between
-    checkpoints (0: only at epoch ends). ``resume``: continue the run in ``out_dir`` if any."""
-    opts = {k: v for k, v in locals().items() if k != "device"}
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    takes ``accumulate`` chunks of every global step."""
+    cfg = make_config(config, **overrides)
     if not os.path.isdir(store):
         raise UserError(f"feature store {store} does not exist")
-    rank, world, device, created = init_from_env(device)
+    check_output_dir(out_dir)
+    rank, world, device, created = init_from_env(cfg.device)
     try:
-        return _run(rank, world, device, **opts)
+        return _run(rank, world, device, store, out_dir, cfg)
     finally:
         if created:
             torch.distributed.destroy_process_group()
 
 
-def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, unfreeze, tokens_per_step,
-         accumulate, lr, weight_decay, schedule, warmup_steps, precision, seed, num_workers,
-         checkpoint_every, resume, progress) -> str:
+def _store_weights(store: str, store_cfg: dict) -> str:
+    """The teacher weights a store records, canonical (new ``weights`` strings and the older
+    ``pretrained`` True / False / None / path forms)."""
+    recorded = store_cfg["weights"] if "weights" in store_cfg else store_cfg.get("pretrained")
+    try:
+        return str(Weights.of(recorded))
+    except UserError as exc:
+        raise UserError(f"the store {store} records teacher weights that cannot be used ({exc}); "
+                        "pass --weights hub|random[:SEED]|PATH") from None
+
+
+def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str:
     """The loop of :func:`train` in process ``rank`` of ``world`` on ``device``."""
     from ..backbones import Backbone
     from ..store import FeatureStore
 
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision(cfg.precision, device)
     if precision in ("bf16", "fp16") and device.type == "cpu":
         raise UserError(f"precision {precision} needs a CUDA device; use fp32 on CPU")
     store_cfg = FeatureStore(store).config
-    cfg = TrainConfig(backbone=backbone or store_cfg["backbone"],
-                      pretrained=store_cfg["pretrained"] if pretrained is None else pretrained,
-                      unfreeze=unfreeze, tokens_per_step=tokens_per_step or None,
-                      chunks_per_step=world * accumulate, lr=lr, weight_decay=weight_decay,
-                      schedule=schedule, warmup_steps=warmup_steps, precision=precision, seed=seed,
-                      epochs=epochs)
-    _check(cfg)
-    if cfg.pretrained is False or cfg.pretrained is None:
-        raise UserError(f"the store {store} records no teacher weights (random init), so the student "
-                        "cannot start from them; pass the teacher's weights file as pretrained, or "
-                        "use distill(), which saves a random init for both")
+    cfg = cfg.replace(backbone=cfg.backbone or store_cfg["backbone"], precision=precision,
+                      weights=cfg.weights or _store_weights(store, store_cfg))
+    accumulate = cfg.accumulate
     os.makedirs(out_dir, exist_ok=True)
-    state = _resume_state(out_dir, cfg, resume)
+    resume_key = cfg.resume_key(world)
+    state = _resume_state(out_dir, resume_key, cfg.resume)
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
         return state["weights"]
 
-    bb = Backbone.from_pretrained(cfg.backbone, pretrained=cfg.pretrained)
+    bb = Backbone.from_pretrained(cfg.backbone, weights=cfg.weights)
     trainable = apply_unfreeze(cfg.unfreeze, bb)
     bb.to(device).train()
     named = dict(bb.model.named_parameters())
@@ -163,7 +119,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     dataset = StoreDataset(store, bb.mean, bb.std)
-    sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step, seed=cfg.seed, world_size=world,
+    sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step or None, seed=cfg.seed, world_size=world,
                              accumulate=accumulate)
     plans = [sampler.epoch_plan(e) for e in range(cfg.epochs)]
     total = sum(len(p) for p in plans)
@@ -178,20 +134,20 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     def snapshot(final=False):
         if rank == 0:
             ckpt.save_checkpoint(out_dir, bb.model, {
-                "config": asdict(cfg), "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
+                "config": resume_key, "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "done": final}, final=final)
         barrier(world)
 
     log = MetricsLog(out_dir, resume_step=global_step) if rank == 0 else None
     bar = None
-    if progress and rank == 0:
+    if cfg.progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
     while epoch < cfg.epochs:
         plan = plans[epoch]
         batches = sampler.rank_batches(epoch, rank, start_step=start)
-        batch_iter = iter(make_loader(dataset, batches, num_workers, pin_memory=device.type == "cuda"))
+        batch_iter = iter(make_loader(dataset, batches, cfg.workers, pin_memory=device.type == "cuda"))
         while start < len(plan):
             t0 = time.perf_counter()
             step = plan[start]
@@ -222,7 +178,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_sum:.4g}", img_s=f"{n_global / seconds:.1f}")
                     bar.update(1)
-            if start == 0 or (checkpoint_every and global_step % checkpoint_every == 0):
+            if start == 0 or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
                 snapshot(final=epoch >= cfg.epochs)
                 if rank == 0 and start == 0:
                     plot_loss(out_dir)

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_write
+
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 HELDOUT_PHOTOS = ("chelsea", "coins")
+REPORT = "report.json"
 
 
 @dataclass(frozen=True)
@@ -70,32 +73,16 @@ def write_photos(folder: str, names, hw: tuple[int, int]) -> list[str]:
     return paths
 
 
-def teacher_pca_rgb(teacher: torch.Tensor, others: list[torch.Tensor]) -> list[np.ndarray]:
-    """Project ``[h,w,C]`` features on the top-3 PCA basis of ``teacher`` -> ``uint8 [h,w,3]`` each
-    (teacher first); colors scaled by the teacher projection's 1st-99th percentiles."""
-    flat = teacher.reshape(-1, teacher.shape[-1]).double()
-    mean = flat.mean(0, keepdim=True)
-    basis = torch.linalg.svd(flat - mean, full_matrices=False)[2][:3].t()  # [C, 3]
-    ref = (flat - mean) @ basis
-    lo, hi = torch.quantile(ref, 0.01, dim=0), torch.quantile(ref, 0.99, dim=0)
-    out = []
-    for f in [teacher] + others:
-        proj = (f.reshape(-1, f.shape[-1]).double() - mean) @ basis
-        rgb = ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).mul(255).round().to(torch.uint8)
-        out.append(rgb.reshape(f.shape[0], f.shape[1], 3).numpy())
-    return out
-
-
 def _timed(fn):
     t0 = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - t0
 
 
-def _load_backbone(name: str, pretrained):
-    from ..backbones import Backbone
+def _load_backbone(name: str, weights):
+    from .backbones import Backbone
 
-    return Backbone.from_pretrained(name, pretrained=pretrained).eval()
+    return Backbone.from_pretrained(name, weights=weights).eval()
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -108,39 +95,43 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def choose_init(settings: DemoSettings, tiny: bool, say) -> bool:
-    """``True`` when the hub weights of the backbone load, else ``False`` (random init, with a notice).
+def choose_weights(settings: DemoSettings, tiny: bool, say) -> str:
+    """``"hub"`` when the hub weights of the backbone load, else ``"random:0"`` (with a notice):
+    a seeded random init that the teacher and the student rebuild identically, no file written.
 
     Without a route to the hub only the local cache is tried (no download retries)."""
     if tiny:
-        say("tiny config: random initialization (no pretrained weights exist for it)")
-        return False
+        say("tiny config: random initialization random:0 (no pretrained weights exist for it)")
+        return "random:0"
     import huggingface_hub.constants as hub
 
     offline = hub.HF_HUB_OFFLINE
     hub.HF_HUB_OFFLINE = offline or not _hub_reachable()
     try:
-        _load_backbone(settings.backbone, True)
-        return True
+        _load_backbone(settings.backbone, "hub")
+        return "hub"
     except Exception as exc:  # no route to the hub and no cached copy, ...
         say(f"NOTICE: pretrained {settings.backbone} weights could not be loaded "
-            f"({exc.__class__.__name__}); using a seeded random initialization. The numbers below "
-            "show the mechanics, not the paper's quality.")
-        return False
+            f"({exc.__class__.__name__}); using the seeded random initialization random:0. The "
+            "numbers below show the mechanics, not the paper's quality.")
+        return "random:0"
     finally:
         hub.HF_HUB_OFFLINE = offline
 
 
 @torch.no_grad()
 def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[dict], list]:
-    """Per held-out image: cosine(student, teacher) before/after and timings; PCA panels."""
-    from ..data import load_image, normalize
-    from ..teacher import teacher_features
+    """Per held-out image: cosine(student, teacher) before/after and timings; PCA panels
+    (image, teacher, student before, student after; basis fit on the teacher)."""
+    from .data import load_image as decode
+    from .segmentation.pca import pca_rgb
+    from .segmentation.preprocess import load_image
+    from .teacher import teacher_features
 
     rows, panels = [], []
     for path in paths:
-        img01 = torch.from_numpy(load_image(path)).permute(2, 0, 1).float().div(255)
-        x = normalize(img01, before.mean, before.std).to(device)
+        image = decode(path)
+        x = load_image(image, before, resize=None, for_teacher=True, device=device)
         teacher, t_slide = _timed(lambda: teacher_features(before, x, stride=stride).float())
         s0, t_single = _timed(lambda: before(x[None])[0].float())
         s1 = after(x[None])[0].float()
@@ -148,7 +139,7 @@ def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[di
         cos1 = F.cosine_similarity(s1, teacher, dim=-1).mean().item()
         rows.append({"image": os.path.basename(path), "cos_before": cos0, "cos_after": cos1,
                      "sliding_window_s": t_slide, "single_pass_s": t_single})
-        panels.append((img01.permute(1, 2, 0).numpy(), teacher_pca_rgb(teacher.cpu(), [s0.cpu(), s1.cpu()])))
+        panels.append([image] + pca_rgb([teacher.cpu(), s0.cpu(), s1.cpu()], fit_on=[0]))
     return rows, panels
 
 
@@ -156,8 +147,8 @@ def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[di
 def fit_on_training_images(before, after, store_path: str, device) -> tuple[float, float]:
     """Mean cosine(student, stored teacher target) over the training images, before/after: how
     well distillation fit its own targets (the held-out numbers say how well that transfers)."""
-    from ..data import normalize
-    from ..store import FeatureStore
+    from .data import normalize
+    from .store import FeatureStore
 
     store = FeatureStore(store_path)
     cos = []
@@ -171,70 +162,82 @@ def fit_on_training_images(before, after, store_path: str, device) -> tuple[floa
 
 
 def save_figure(panels, rows, path: str) -> None:
-    import matplotlib
+    """One titled row per held-out image: image | teacher | student before | student after."""
+    from .segmentation.pca import save_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    titles = [[row["image"], "teacher (sliding window)", f"student before, cos {row['cos_before']:.3f}",
+               f"student after, cos {row['cos_after']:.3f}"] for row in rows]
+    save_panels(panels, titles, path)
 
-    titles = ("image", "teacher (sliding window)", "student before", "student after")
-    fig, axes = plt.subplots(len(panels), 4, figsize=(16, 3.2 * len(panels)), squeeze=False)
-    for r, ((img, pcs), row) in enumerate(zip(panels, rows)):
-        for c, (ax, pic) in enumerate(zip(axes[r], [img] + pcs)):
-            ax.imshow(pic, interpolation="nearest")
-            ax.set_axis_off()
-            extra = {2: f" cos {row['cos_before']:.3f}", 3: f" cos {row['cos_after']:.3f}"}.get(c, "")
-            ax.set_title(titles[c] + extra, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+
+def _finished_report(out_dir: str, settings: DemoSettings, weights: str, student: str) -> dict | None:
+    """The report of an earlier run of the same settings whose student is the same file, or None."""
+    from .runtime import Weights
+
+    try:
+        with open(os.path.join(out_dir, REPORT)) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    same = (report.get("settings") == json.loads(json.dumps(asdict(settings)))
+            and report.get("weights") == weights and report.get("student_id") == Weights.parse(student).identity()
+            and os.path.exists(report.get("figure", "")))
+    return report if same else None
 
 
 def run_demo(out_dir: str = "runs/demo", tiny: bool = False, device=None, progress: bool = True,
              say=print) -> dict:
-    """Run the demo into ``out_dir``; returns the report (also ``out_dir/report.json``)."""
-    from ..store import extract_features
-    from ..backbones.weights import load_weights
-    from .distill import fixed_random_init
-    from .trainer import train
+    """Run the demo into ``out_dir``; returns the report (also ``out_dir/report.json``).
+
+    A rerun reuses every finished stage: the store and the training run resume (finished: no
+    work), and the held-out evaluation is reused when ``report.json`` belongs to the same
+    settings and the same student weights file."""
+    from .backbones.weights import load_weights
+    from .runtime import Weights, resolve_device
+    from .store import extract_features
+    from .train import train
 
     settings = SETTINGS["tiny" if tiny else "real"]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     stages = {}
     t0 = time.perf_counter()
     train_paths = write_photos(os.path.join(out_dir, "images", "train"), TRAIN_PHOTOS, settings.image_hw)
     held_paths = write_photos(os.path.join(out_dir, "images", "heldout"), HELDOUT_PHOTOS, settings.image_hw)
-    hub = choose_init(settings, tiny, say)
+    weights = choose_weights(settings, tiny, say)
     stages["prepare_s"] = time.perf_counter() - t0
-    say(f"demo: {settings.backbone}, {len(train_paths)} train + {len(held_paths)} held-out photos at "
-        f"{settings.image_hw[0]}x{settings.image_hw[1]}, stride {settings.stride}, {settings.epochs} epochs, "
-        f"unfreeze {settings.unfreeze}, lr {settings.lr:g}")
+    say(f"demo: {settings.backbone} ({weights}), {len(train_paths)} train + {len(held_paths)} held-out "
+        f"photos at {settings.image_hw[0]}x{settings.image_hw[1]}, stride {settings.stride}, "
+        f"{settings.epochs} epochs, unfreeze {settings.unfreeze}, lr {settings.lr:g}")
     run_dir = os.path.join(out_dir, "run")
-    os.makedirs(run_dir, exist_ok=True)
-    pretrained = hub or fixed_random_init(settings.backbone, os.path.join(run_dir, "init.safetensors"), 0)
     t0 = time.perf_counter()
     store = os.path.join(run_dir, "store")
-    extract_features(train_paths, store, backbone=settings.backbone, pretrained=pretrained,
+    extract_features(train_paths, store, backbone=settings.backbone, pretrained=weights,
                      stride=settings.stride, augment="none", device=device, progress=progress)
     stages["teacher_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    weights = train(store, run_dir, epochs=settings.epochs, unfreeze=settings.unfreeze, lr=settings.lr,
-                    device=device, num_workers=0, progress=progress)
+    student = train(store, run_dir, epochs=settings.epochs, unfreeze=settings.unfreeze, lr=settings.lr,
+                    device=str(device), workers=0, progress=progress)
     stages["train_s"] = time.perf_counter() - t0
-    before = _load_backbone(settings.backbone, pretrained).to(device)
-    after = _load_backbone(settings.backbone, pretrained)
-    load_weights(after.model, weights)
+    earlier = _finished_report(out_dir, settings, weights, student)
+    if earlier is not None:
+        say(f"held-out evaluation: reusing {os.path.join(out_dir, REPORT)} (same settings and student)")
+        earlier["stages"] = dict(earlier["stages"], **{k: v for k, v in stages.items() if k != "evaluate_s"})
+        return earlier
+    before = _load_backbone(settings.backbone, weights).to(device)
+    after = _load_backbone(settings.backbone, weights)
+    load_weights(after.model, student)
     after.to(device)
     t0 = time.perf_counter()
-    rows, panels = evaluate_heldout(before, after, held_paths, settings.stride, device)
     train_cos = fit_on_training_images(before, after, store, device)
+    rows, panels = evaluate_heldout(before, after, held_paths, settings.stride, device)
     stages["evaluate_s"] = time.perf_counter() - t0
     figure = os.path.join(out_dir, "pca.png")
     save_figure(panels, rows, figure)
-    report = {"settings": asdict(settings), "pretrained": hub, "run_dir": run_dir, "device": str(device),
-              "stages": stages, "heldout": rows, "weights": weights, "figure": figure,
+    report = {"settings": asdict(settings), "weights": weights, "pretrained": weights == "hub",
+              "run_dir": run_dir, "device": str(device), "stages": stages,
+              "train_cos_before": train_cos[0], "train_cos_after": train_cos[1], "heldout": rows,
               "cos_before": float(np.mean([r["cos_before"] for r in rows])),
               "cos_after": float(np.mean([r["cos_after"] for r in rows])),
-              "train_cos_before": train_cos[0], "train_cos_after": train_cos[1]}
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+              "student": student, "student_id": Weights.parse(student).identity(), "figure": figure}
+    atomic_write(os.path.join(out_dir, REPORT), json.dumps(report, indent=2).encode())
     return report
