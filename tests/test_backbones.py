@@ -93,7 +93,7 @@ def test_pretrained_true_offline_message(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network unreachable")
     monkeypatch.setattr(open_clip.factory, "download_pretrained", no_network)
-    with pytest.raises(UserError, match="pretrained=PATH.*pretrained=False") as info:
+    with pytest.raises(UserError, match="--weights PATH.*--weights random") as info:
         sf.Backbone.from_pretrained("openclip-b16", pretrained=True)
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="no hub weights"):
@@ -191,3 +191,44 @@ def test_autocast_bf16(tiny, name):
     for out, r in zip(sf.dense_features(bb, imgs, precision="bf16"), ref):
         assert_features_close(out.float(), r, 5e-2)
     assert_features_close(sf.dense_features(bb, imgs[0], precision="bf16").float(), ref[0], 5e-2)
+
+
+def test_weights_vocabulary_and_weights_id(tmp_path, caplog):
+    """hub | random[:SEED] | PATH, the older pretrained=, and weights_id naming what was loaded."""
+    import logging
+
+    from spar_fast.backbones import save_weights
+
+    a = sf.Backbone.from_pretrained("siglip2-tiny", weights="random:3")
+    torch.manual_seed(123)  # the caller's random state plays no part
+    b = sf.Backbone.from_pretrained("siglip2-tiny", weights="random:3")
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    c = sf.Backbone.from_pretrained("siglip2-tiny", weights="random:4")
+    assert not torch.equal(state_a["visual.trunk.blocks.0.attn.qkv.weight"],
+                           c.model.state_dict()["visual.trunk.blocks.0.attn.qkv.weight"])
+    assert (a.weights_id, c.weights_id) == ("random:3", "random:4")
+    assert sf.Backbone.from_pretrained("siglip2-tiny", pretrained=False).weights_id == "random:0"
+    assert sf.Backbone.from_open_clip(a.model).weights_id is None
+    path = tmp_path / "w.safetensors"
+    save_weights(a.model, path)
+    with caplog.at_level(logging.INFO):
+        f = sf.Backbone.from_pretrained("siglip2-tiny", weights=str(path))
+    assert "initialized randomly" not in caplog.text  # open_clip's warning is silenced for a file
+    stat = path.stat()
+    assert f.weights_id == f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    assert all(torch.equal(f.model.state_dict()[k], v) for k, v in state_a.items())
+    with pytest.raises(UserError, match="seed"):
+        sf.Backbone.from_pretrained("siglip2-tiny", weights="random:x")
+
+
+def test_random_weights_same_in_another_process():
+    """random:SEED builds the same weights in a fresh process (no init file needed)."""
+    import subprocess
+    import sys
+
+    code = ("import spar_fast as sf, torch; m = sf.Backbone.from_pretrained('openclip-tiny', weights='random:7')"
+            ".model; print(float(sum(p.double().sum() for p in m.parameters())))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    m = sf.Backbone.from_pretrained("openclip-tiny", weights="random:7").model
+    assert float(out) == float(sum(p.double().sum() for p in m.parameters()))

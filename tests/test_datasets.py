@@ -123,8 +123,9 @@ def test_evaluate_matches_manual_loop(tmp_path, name):
         pred = segment(bb, x, spec.classes, out_hw=label.shape, **res["settings"])
         cm.update(pred, torch.from_numpy(label))
     want = cm.compute()
-    for key in ("mIoU", "mIoU_torchmetrics", "mIoU_all_classes", "aAcc"):
-        assert res[key] == pytest.approx(want[key], abs=1e-9)
+    for key in ("mIoU", "mIoU_torchmetrics", "mIoU_all_classes", "aAcc"):  # percentages
+        assert res[key] == pytest.approx(100 * want[key], abs=1e-7)
+    assert list(res["per_class"].values()) == res["IoU"] and len(res["per_class"]) == spec.num_classes
 
 
 def test_evaluate_options(tmp_path):

@@ -88,6 +88,7 @@ def test_missing_inputs(tmp_path, capsys):
     assert main(["features", str(tmp_path / "none"), "--out", str(tmp_path / "s")] + CLI) == 2
     assert "no such directory" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
     assert main(["features", str(tmp_path), "--shard-size", "0", "--out", "x"]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # usage errors are one line too
 

@@ -63,7 +63,7 @@ def test_from_pretrained_path(source, tmp_path):
     bb = sf.Backbone.from_pretrained("openclip-tiny", pretrained=str(path))
     assert_same(bb.model, source)
     assert not bb.training
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match="weights file not found"):
         sf.Backbone.from_pretrained("openclip-tiny", pretrained=str(tmp_path / "nope.pt"))
 
 
