@@ -48,7 +48,7 @@ def _items(store, bb):
 
 def test_step_loss_is_reference_mse_and_mean_over_images(tiny):
     store, init = tiny
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights=init)
     items = _items(store, bb)
     with torch.no_grad():
         # one image: exactly the reference loss (single image forward, target upcast to fp32)
@@ -66,7 +66,7 @@ def test_step_loss_is_reference_mse_and_mean_over_images(tiny):
 
 def test_packed_gradient_is_mean_of_single_gradients(tiny):
     store, init = tiny
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights=init)
     items = _items(store, bb)
     params = [p for n, p in bb.model.named_parameters() if n.startswith(bb.block_param_prefix(-1))]
     step_loss(bb, [i[0] for i in items], [i[1] for i in items], 2, len(items), torch.device("cpu"), "fp32").backward()
@@ -83,7 +83,7 @@ def test_one_image_per_step_matches_hand_written_reference(tiny, tmp_path):
     """train() with defaults == the reference loop: AdamW(2e-5, wd 1e-4), per-image MSE, constant lr."""
     store, init = tiny
     final = train(store, str(tmp_path / "run"), epochs=2, device="cpu", workers=0, progress=False)
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights=init)
     n = bb.num_blocks
     prefixes = (bb.block_param_prefix(n - 1), bb.block_param_prefix(n - 2))
     names = [k for k, _ in bb.model.named_parameters() if k.startswith(prefixes)]
@@ -160,3 +160,17 @@ def test_bad_input_is_user_error(tiny, tmp_path):
     train(store, str(tmp_path / "b"), epochs=1, **kw)
     with pytest.raises(UserError, match="other settings .*lr"):
         train(store, str(tmp_path / "b"), epochs=2, lr=1e-3, **kw)
+
+
+def test_config_passed_whole_equals_keywords(tiny, tmp_path):
+    """train(store, out, TrainConfig(...)) and train(store, out, **same fields) are one run: the
+    second call finds the first's finished run (same resume key) instead of another config."""
+    from spar_fast.train import TrainConfig
+
+    store, init = tiny
+    cfg = TrainConfig(epochs=1, unfreeze="blk_-1", lr=1e-4, device="cpu", workers=0, progress=False)
+    final = train(store, str(tmp_path / "run"), cfg)
+    assert train(store, str(tmp_path / "run"), epochs=1, unfreeze="blk_-1", lr=1e-4, weights=init,
+                 device="cpu", workers=0, progress=False) == final
+    with pytest.raises(UserError, match="other settings .*weights"):
+        train(store, str(tmp_path / "run"), cfg, weights="random:5")
