@@ -53,8 +53,12 @@ def plot_loss(run_dir: str) -> str | None:
     smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
               for i in range(len(loss))]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(steps, loss, lw=0.8, alpha=0.5, label="loss (step)")
-    ax.plot(steps, smooth, lw=1.5, label=f"running mean ({window})")
+    # the step line is drawn on top, marked, so the running mean never hides it
+    ax.plot(steps, loss, lw=1.0, marker="." if len(loss) <= 200 else None, color="tab:blue",
+            zorder=3, label="loss (step)")
+    if window > 1:  # a 1-step mean would be the step line itself
+        ax.plot(steps, smooth, lw=1.5, ls="--", color="tab:orange", zorder=2,
+                label=f"running mean ({window})")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE")
     ax.set_yscale("log")
