@@ -74,3 +74,12 @@ def test_readme_training_example_runs(tmp_path, monkeypatch):
     scores = scope["scores"]
     assert os.path.isfile(scope["ckpt"]) and scores["units"] == "percent"
     assert 0 <= scores["mIoU"] <= 100 and "person" in scores["per_class"]
+
+
+def test_readme_setup_is_two_commands_and_ci_runs_the_test_one():
+    text = README.read_text(encoding="utf-8")
+    setup = text[text.index("## Set up"):]
+    commands = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)[0].strip().splitlines()
+    assert len(commands) == 2 and commands[0].endswith("spar-fast demo")
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert commands[1] in ci.splitlines()
