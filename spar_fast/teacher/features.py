@@ -6,11 +6,10 @@ as soon as it comes out: memory is O(canvas + one batch), whatever the number of
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..errors import UserError
+from ..runtime import autocast
 from ..ops.stitch import stitch_finalize, upsample_stitch_
 from .window_plan import WindowPlan, plan_windows
 
@@ -23,18 +22,6 @@ TOKENS_PER_BATCH = {"cuda": 65536, "cpu": 4096}
 def default_batch_size(bb, device: torch.device) -> int:
     tokens = (bb.window // bb.patch_size) ** 2
     return max(1, TOKENS_PER_BATCH.get(device.type, 4096) // tokens)
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None, None: None}
-
-
-def _autocast(device: torch.device, amp: str | None):
-    dtype = _AMP.get(amp, "bad")
-    if dtype == "bad":
-        raise UserError(f"amp must be one of bf16, fp16, fp32, got {amp!r}")
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
 
 def check_image(image: torch.Tensor) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
@@ -76,8 +63,6 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
     _, height, width = image.shape
     plan = plan_windows(height, width, bb.window, stride, bb.patch_size)
     device = image.device
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else None
     batch_size = batch_size or default_batch_size(bb, device)
     canvas = torch.zeros(*plan.canvas_hw, bb.feature_dim, dtype=torch.float32, device=device)
     count = torch.zeros(plan.canvas_hw, dtype=torch.float32, device=device)
@@ -89,7 +74,7 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
                        desc=f"teacher {height}x{width}")
     done = 0
     for windows, _ in batches:
-        with _autocast(device, amp):
+        with autocast(device, amp or "fp32"):
             feats = bb(windows)
         n = feats.shape[0]
         upsample_stitch_(canvas, count, feats, origins[done:done + n], plan.r)
