@@ -18,7 +18,10 @@ def add_parser(subparsers) -> None:
                    help="dataset folder (e.g. VOCdevkit/VOC2012) or a data folder holding the "
                         "datasets under their standard names")
     from ..segmentation.cli_args import add_model_args
+    from ..segmentation.text_args import add_queries_arg, add_tokenizer_arg
     add_model_args(p)
+    add_tokenizer_arg(p)
+    add_queries_arg(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
     p.add_argument("--stride", type=int, default=24, help="sliding-window stride in pixels")
@@ -49,14 +52,20 @@ def run(args) -> int:
         raise UserError(f"output folder of {args.out} does not exist")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    from ..segmentation.query_file import load_query_set
+    from ..segmentation.text_args import apply_tokenizer
+    if args.queries is not None and args.all:
+        raise UserError("--queries holds the classes of one dataset; use it with --dataset")
+    queries = load_query_set(args.queries) if args.queries is not None else None
     bb = load_model(args)
+    apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
     results = []
     for name in names:
         results.append(evaluate(
             bb, name, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
             prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
-            stride=args.stride, progress=True, cache_dir=default_cache_dir()))
+            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries))
         if args.per_class:
             _print_per_class(results[-1])
     summary = {"backbone": args.backbone, "checkpoint": args.checkpoint, "mode": args.mode,
@@ -87,7 +96,8 @@ def _print_table(results, mean6) -> None:
 
 
 def _print_per_class(result) -> None:
+    from ..segmentation.classes import display_name
     print(f"{result['dataset']} per-class IoU:")
     for line, iou in zip(result["classes"], result["IoU"]):
         value = "   n/a" if iou is None else f"{100 * iou:6.2f}"
-        print(f"  {value}  {line.split(',')[0]}")
+        print(f"  {value}  {display_name(line)}")
