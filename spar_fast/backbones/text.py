@@ -15,9 +15,9 @@ Where the tokenizer comes from, in order:
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
+import sys
 from urllib.parse import urlparse
 
 import torch
@@ -25,8 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
-
-log = logging.getLogger(__name__)
 
 # One TCP connect to the hub: a cluster node without a route refuses or times out within it.
 _HUB_TIMEOUT_S = 3.0
@@ -98,10 +96,10 @@ def load_tokenizer(open_clip_name: str, path: str | None = None, random_weights:
         if random_weights:
             tokenizer = StandInTokenizer(cfg.get("vocab_size", _DEFAULT_VOCAB),
                                          cfg.get("context_length", _DEFAULT_CONTEXT))
-            log.warning("NOTICE: the text tokenizer of %r is not available (%s); random weights, so "
-                        "a stand-in byte tokenizer is used (%d ids, context %d): text queries only "
-                        "exercise the pipeline", open_clip_name, reason, tokenizer.vocab_size,
-                        tokenizer.context_length)
+            print(f"NOTICE: the text tokenizer of {open_clip_name!r} is not available ({reason}); the "
+                  f"weights are random, so a stand-in byte tokenizer is used ({tokenizer.vocab_size} "
+                  f"ids, context {tokenizer.context_length}): text queries only exercise the pipeline",
+                  file=sys.stderr)
             return tokenizer
         raise UserError(f"cannot load the text tokenizer of {open_clip_name!r} ({reason}); offline "
                         "(HF_HUB_OFFLINE or no route to the hub) it must be in the Hugging Face cache: "
