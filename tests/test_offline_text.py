@@ -226,3 +226,13 @@ def test_hub_reachability_is_checked_once(monkeypatch, offline):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     assert text.hub_offline() and text.hub_offline()
     assert len(offline) == 1  # one connection attempt, no retries
+
+
+@pytest.mark.slow
+def test_default_backbone_segments_offline_with_random_weights(tmp_path, photo, capsys):
+    """Issue 9 item 1: the default SigLIP2 B/16-512, random weights, no hub: a stand-in
+    tokenizer instead of a minute of retries."""
+    rc, out, err = run(capsys, ["segment", photo, "--classes", "person; flag; sky", *weights_argv("random"),
+                                *CPU, "--no-resize", "-o", str(tmp_path / "seg.png")])
+    assert rc == 0, err
+    assert "stand-in byte tokenizer" in err and "wrote" in out
