@@ -91,8 +91,7 @@ def load_tokenizer(open_clip_name: str, path: str | None = None, random_weights:
     try:
         return _default_tokenizer(open_clip_name, "hf_tokenizer_name" in cfg)
     except Exception as exc:
-        text = str(exc).strip()
-        reason = f"{exc.__class__.__name__}: {text.splitlines()[0] if text else 'no details'}"
+        reason = _one_line(exc)
         if random_weights:
             tokenizer = StandInTokenizer(cfg.get("vocab_size", _DEFAULT_VOCAB),
                                          cfg.get("context_length", _DEFAULT_CONTEXT))
@@ -105,6 +104,12 @@ def load_tokenizer(open_clip_name: str, path: str | None = None, random_weights:
                         "(HF_HUB_OFFLINE or no route to the hub) it must be in the Hugging Face cache: "
                         "pass --tokenizer PATH (a local tokenizer folder or file) or --queries FILE "
                         "(made by `spar-fast queries` where the tokenizer is available)") from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """``"ErrorType: first line of the message"``."""
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else 'no details'}"
 
 
 def _default_tokenizer(open_clip_name: str, hugging_face: bool):
@@ -131,7 +136,7 @@ def _local_tokenizer(open_clip_name: str, cfg: dict, path: str):
             return HFTokenizer(folder, local_files_only=True, **kwargs)
         except Exception as exc:
             raise UserError(f"--tokenizer {path}: not a Hugging Face tokenizer folder for {open_clip_name!r} "
-                            f"({exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+                            f"({_one_line(exc)})") from exc
     from open_clip.tokenizer import SimpleTokenizer
     try:
         return SimpleTokenizer(bpe_path=path, **kwargs)

@@ -69,7 +69,7 @@ def run(args) -> int:
         if args.per_class:
             _print_per_class(results[-1])
     summary = {"backbone": args.backbone, "checkpoint": args.checkpoint, "mode": args.mode,
-               "results": results}
+               "queries": args.queries, "results": results}
     if args.all:
         summary["Mean6"] = sum(r["mIoU"] for r in results) / len(results)
     _print_table(results, summary.get("Mean6"))

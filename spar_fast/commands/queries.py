@@ -5,7 +5,7 @@ from __future__ import annotations
 def add_parser(subparsers) -> None:
     from ..segmentation.classes import BUILTIN
     from ..segmentation.cli_args import add_model_args
-    from ..segmentation.text_args import add_tokenizer_arg
+    from ..segmentation.text_args import add_class_args, add_tokenizer_arg
 
     p = subparsers.add_parser(
         "queries", help="precompute text queries for segment / eval --queries",
@@ -14,9 +14,7 @@ def add_parser(subparsers) -> None:
                     "provenance (backbone, weights, templates hash) as one .safetensors file. "
                     "`segment` and `eval` then take --queries FILE and need no tokenizer.")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
-                                         '(e.g. "road, street; car; sky")')
-    group.add_argument("--class-file", help='text file with one class per line (synonyms separated by ", ")')
+    add_class_args(group)
     group.add_argument("--dataset", choices=tuple(BUILTIN), help="the built-in class list of a dataset")
     add_model_args(p)
     add_tokenizer_arg(p)

@@ -9,12 +9,9 @@ def add_parser(subparsers) -> None:
                     "of the classes present, and optionally the raw label mask.")
     p.add_argument("image", help="input image file")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
-                                         '(e.g. "road, street; car; sky")')
-    group.add_argument("--class-file", help="text file with one class per line (synonyms "
-                                            'separated by ", ")')
     from ..segmentation.cli_args import add_model_args, add_resize_arg
-    from ..segmentation.text_args import add_queries_arg, add_tokenizer_arg
+    from ..segmentation.text_args import add_class_args, add_queries_arg, add_tokenizer_arg
+    add_class_args(group)
     add_queries_arg(group)
     add_model_args(p)
     add_tokenizer_arg(p)

@@ -1,7 +1,15 @@
-"""Text options of the segment / eval / queries commands: ``--tokenizer`` and ``--queries``."""
+"""Text options of the segment / eval / queries commands: classes, ``--tokenizer``, ``--queries``."""
 from __future__ import annotations
 
 import argparse
+
+
+def add_class_args(group) -> None:
+    """``--classes`` and ``--class-file`` on a (mutually exclusive) group."""
+    group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
+                                         '(e.g. "road, street; car; sky")')
+    group.add_argument("--class-file", help="text file with one class per line (synonyms "
+                                            'separated by ", ", kept as written)')
 
 
 def add_tokenizer_arg(parser: argparse.ArgumentParser) -> None:
