@@ -13,6 +13,7 @@ from PIL import Image
 import spar_fast as sf
 from spar_fast.backbones import registry, text
 from spar_fast.cli import main
+from spar_fast.segmentation.queries import TEMPLATES_SHA256
 from spar_fast.segmentation.query_file import load_query_set
 from test_datasets import make_dataset
 
@@ -112,7 +113,7 @@ def test_queries_then_segment_needs_no_tokenizer(tmp_path, photo, capsys, monkey
     assert "3 classes, 4 queries" in out
     qs = load_query_set(q)
     assert qs.lines == ("person, astronaut", "flag", "sky") and qs.query_to_class.tolist() == [0, 0, 1, 2]
-    assert qs.backbone == name and qs.tokenizer == "default"
+    assert qs.backbone == name and qs.tokenizer == "default" and qs.templates_sha256 == TEMPLATES_SHA256
     assert qs.weights_id and not qs.weights_id.startswith("random")
     assert torch.allclose(qs.queries.norm(dim=-1), torch.ones(4))
     rc, _, err = run(capsys, ["segment", photo, "--classes", classes, *model, "-o", str(tmp_path / "a.png"),
