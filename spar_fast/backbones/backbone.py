@@ -178,16 +178,28 @@ class Backbone(nn.Module):
         return tower.finish_packed(x, packing)
 
     # text -----------------------------------------------------------------------------------
+    tokenizer_path: str | None = None  # a local tokenizer file or folder (set_tokenizer)
+
+    def set_tokenizer(self, path) -> None:
+        """Use the local tokenizer at ``path`` (``--tokenizer``; see ``spar_fast.backbones.text``);
+        None goes back to open_clip's tokenizer."""
+        from .text import check_tokenizer_path
+        path = None if path is None else check_tokenizer_path(path)
+        if path != self.tokenizer_path:
+            self.tokenizer_path, self._tokenizer = path, None
+
     @property
     def tokenizer(self):
-        """The open_clip tokenizer (loaded on first use; UserError when it needs an unreachable hub)."""
+        """The text tokenizer, loaded on first use: ``tokenizer_path``, else open_clip's (offline:
+        from the Hugging Face cache), else for random weights only a stand-in; one-line UserError."""
         if self._tokenizer is None:
             if self._open_clip_name is None:
                 raise UserError("this backbone was wrapped without a model name; pass name= to "
                                 "Backbone.from_open_clip to use its tokenizer")
-            from .text import load_tokenizer
+            from .text import has_random_weights, load_tokenizer
             registry.ensure_registered()
-            self._tokenizer = load_tokenizer(self._open_clip_name)
+            self._tokenizer = load_tokenizer(self._open_clip_name, self.tokenizer_path,
+                                             random_weights=has_random_weights(self))
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:

@@ -23,7 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--root", required=True,
                    help="dataset folder (e.g. VOCdevkit/VOC2012) or a data folder holding the "
                         "datasets under their standard names")
+    from ..segmentation.text_args import add_queries_arg, add_tokenizer_arg
     add_model_args(p)
+    add_tokenizer_arg(p)
+    add_queries_arg(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
     p.add_argument("--stride", type=STRIDE, default=24, help="sliding-window stride in pixels (>= 1)")
@@ -52,18 +55,24 @@ def run(args) -> int:
 
     if args.out:
         check_output_file(args.out, (".json",))
+    from ..segmentation.query_file import load_query_set
+    from ..segmentation.text_args import apply_tokenizer
+    if args.queries is not None and args.all:
+        raise UserError("--queries holds the classes of one dataset; use it with --dataset")
+    queries = load_query_set(args.queries) if args.queries is not None else None
     bb = load_model(args)
+    apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
     results = []
     for name in names:
         results.append(evaluate(
             bb, name, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
             prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
-            stride=args.stride, progress=True, cache_dir=default_cache_dir()))
+            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries))
         if args.per_class:
             _print_per_class(results[-1])
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
-               "units": "percent", "results": results}
+               "units": "percent", "queries": args.queries, "results": results}
     if args.all:
         summary["Mean6"] = sum(r["mIoU"] for r in results) / len(results)
     _print_table(results, summary.get("Mean6"))

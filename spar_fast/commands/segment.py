@@ -12,11 +12,11 @@ def add_parser(subparsers) -> None:
                     "of the classes present, and optionally the raw label mask.")
     p.add_argument("image", help="input image file")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--classes", help='classes separated by ";", synonyms by ", " '
-                                         '(e.g. "road, street; car; sky")')
-    group.add_argument("--class-file", help="text file with one class per line (synonyms "
-                                            'separated by ", ")')
+    from ..segmentation.text_args import add_class_args, add_queries_arg, add_tokenizer_arg
+    add_class_args(group)
+    add_queries_arg(group)
     add_model_args(p)
+    add_tokenizer_arg(p)
     add_resize_arg(p)
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
@@ -36,30 +36,23 @@ def run(args) -> int:
     from ..runtime import check_output_file
     from ..segmentation.cli_args import load_model, model_input, read_image
     from ..segmentation.infer import segment
-    from ..segmentation.queries import default_cache_dir, parse_classes
+    from ..segmentation.queries import default_cache_dir
+    from ..segmentation.text_args import apply_tokenizer, classes_or_queries
     from ..segmentation.render import overlay, save_mask
 
     check_output_file(args.output, (".png", ".jpg", ".jpeg"))
     if args.save_mask:
         check_output_file(args.save_mask, (".png",))
-    lines = parse_classes(args.classes if args.classes is not None else _class_file(args.class_file))
+    lines, queries = classes_or_queries(args)
     image = read_image(args.image)
     bb = load_model(args)
+    apply_tokenizer(bb, args)
     x = model_input(image, bb, args.no_resize)
     labels = segment(bb, x, lines, mode=args.mode, logit_scale=args.logit_scale,
                      prob_thd=args.prob_thd, area_thd=args.area_thd, out_hw=image.shape[:2],
-                     stride=args.stride, cache_dir=default_cache_dir()).cpu().numpy()
+                     stride=args.stride, cache_dir=default_cache_dir(), queries=queries).cpu().numpy()
     overlay(image, labels, lines).save(args.output)
     if args.save_mask:
         save_mask(labels, len(lines), args.save_mask)
     print(f"wrote {args.output}" + (f" and {args.save_mask}" if args.save_mask else ""))
     return 0
-
-
-def _class_file(path: str) -> str:
-    import os
-
-    from ..errors import UserError
-    if not os.path.isfile(path):
-        raise UserError(f"class file not found: {path}")
-    return path

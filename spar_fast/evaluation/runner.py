@@ -14,7 +14,7 @@ import torch
 from ..errors import UserError
 from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
-from ..segmentation.queries import parse_classes
+from ..segmentation.queries import as_query_set, parse_classes
 from .datasets import get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 
@@ -67,7 +67,7 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
              logit_scale: float | None = None, prob_thd: float | None = None,
              area_thd: float | None = None, classes=None, batch_size: int = 1, stride: int = 24,
              amp="auto", device=None, progress: bool = False, workers: int = 2,
-             cache_dir=None) -> dict:
+             cache_dir=None, queries=None, tokenizer=None) -> dict:
     """mIoU of backbone ``bb`` on the validation split of ``dataset`` under ``root``.
 
     Args:
@@ -77,6 +77,8 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         logit_scale, prob_thd, area_thd: override the SPEC §5.4 defaults of the backbone family.
         classes: class lines replacing the built-in list (same count as the dataset's classes).
         batch_size: images per packed forward (single mode).
+        queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) replacing the
+            class text: no tokenizer, no text tower. ``tokenizer``: a local tokenizer path.
     Returns:
         A dict; every score is a PERCENTAGE (0-100), the unit the CLI prints:
         ``mIoU`` (MMSeg: mean over classes with a non-empty union), ``mIoU_torchmetrics``
@@ -91,7 +93,11 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         raise UserError(f"mode must be 'single' or 'slide', got {mode!r}")
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
-    lines = parse_classes(classes) if classes is not None else list(spec.classes)
+    if queries is not None:
+        queries = as_query_set(queries, bb, classes)
+        lines = list(queries.lines)
+    else:
+        lines = parse_classes(classes) if classes is not None else list(spec.classes)
     if len(lines) != spec.num_classes:
         raise UserError(f"{dataset} has {spec.num_classes} classes but {len(lines)} class lines were given")
     settings = default_settings(getattr(bb, "family", ""), dataset)
@@ -116,10 +122,11 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         sizes = [lab.shape for _, _, lab in batch]
         if mode == "slide":
             preds = [segment(bb, images[0], lines, mode="slide", out_hw=sizes[0], stride=stride,
-                             amp=amp, cache_dir=cache_dir, **settings)]
+                             amp=amp, cache_dir=cache_dir, queries=queries, tokenizer=tokenizer,
+                             **settings)]
         else:
             preds = segment_batch(bb, images, lines, out_hws=sizes, amp=amp, cache_dir=cache_dir,
-                                  **settings)
+                                  queries=queries, tokenizer=tokenizer, **settings)
         for pred, (_, _, label) in zip(preds, batch):
             confmat.update(pred, torch.from_numpy(label).to(device))
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": mode, "num_images": len(samples),

@@ -5,8 +5,17 @@ probability is the max over its names). The names are the free-text class names 
 evaluation configs, including the multi-name VOC background line and the person / monitor
 synonyms; nothing is looked up in a fixed vocabulary, so any list of lines works the same way.
 Index k of a list is label k of the dataset (after reduce_zero_label where the dataset uses it).
+
+Every list equals the reference's official class file ``configs/<model>/cls_<dataset>.txt``
+(identical for the SigLIP2, MaskCLIP and DINOv3.txt configs) line for line, character for
+character: the official Context60 file ends with "wood " (trailing space), which the reference
+encodes as written, while the Context59 file ends with "wood". :func:`display_name` gives the
+short name shown in tables and legends.
 """
 from __future__ import annotations
+
+# The separator of names inside a class line (the reference splits on it and on nothing else).
+NAME_SEPARATOR = ", "
 
 VOC20 = (
     "aeroplane",
@@ -46,7 +55,8 @@ CONTEXT59 = (
     "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water", "window", "wood",
 )
 
-CONTEXT60 = ("background",) + CONTEXT59
+# The official Context60 file: "background", the Context59 names, its last line with a trailing space.
+CONTEXT60 = ("background",) + CONTEXT59[:-1] + ("wood ",)
 
 CITYSCAPES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "trafficlight", "trafficsign",
@@ -83,3 +93,11 @@ BUILTIN = {
     "cityscapes": CITYSCAPES,
     "ade20k": ADE20K,
 }
+
+
+def display_name(line: str) -> str:
+    """Short name of a class line for tables and legends: its first name without surrounding
+    spaces, or "background" for the VOC21 background line (a list of stuff names)."""
+    if line == VOC21[0]:
+        return "background"
+    return line.split(NAME_SEPARATOR)[0].strip()

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..runtime import autocast
 from ..teacher.features import check_image
 from ..teacher.window_plan import window_origins
-from .queries import text_queries
+from .queries import resolve_queries
 
 # Windows per forward in sliding mode: the sub-batch of the paper's timing protocol (SPEC §5.8).
 SLIDE_BATCH = 60
@@ -88,10 +88,10 @@ def _out_hw(image: torch.Tensor, out_hw) -> tuple[int, int]:
     return int(out_hw[0]), int(out_hw[1])
 
 
-def segment(bb, image: torch.Tensor, classes, mode: str = "single", logit_scale: float = 40.0,
+def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_scale: float = 40.0,
             prob_thd: float = 0.0, area_thd: float | None = None, logit_bias: float = 0.0,
             out_hw=None, stride: int = 24, amp="auto", fused: bool = True,
-            cache_dir=None) -> torch.Tensor:
+            cache_dir=None, queries=None, tokenizer=None) -> torch.Tensor:
     """Label map of one image.
 
     Args:
@@ -104,11 +104,14 @@ def segment(bb, image: torch.Tensor, classes, mode: str = "single", logit_scale:
         amp: a precision name of :func:`spar_fast.runtime.autocast`: "auto" (bf16 on GPU,
             fp32 on CPU), "bf16", "fp16" or "fp32".
         fused: single mode only; False runs the unfused reference postprocess.
+        queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) used instead of
+            encoding ``classes`` (then None): no tokenizer, no text tower.
+        tokenizer: a local tokenizer path for ``bb`` (``Backbone.set_tokenizer``).
     Returns:
         int64 ``[out_h, out_w]`` class indices (line numbers of ``classes``), on the image's device.
     """
     check_image(image)
-    queries, q2c, _ = text_queries(bb, classes, device=image.device, cache_dir=cache_dir)
+    queries, q2c, _ = resolve_queries(bb, classes, queries, image.device, cache_dir, tokenizer)
     out = _out_hw(image, out_hw)
     if mode == "single":
         logits = single_logits(bb, [image], queries, amp)[0]
@@ -119,13 +122,14 @@ def segment(bb, image: torch.Tensor, classes, mode: str = "single", logit_scale:
     raise UserError(f"mode must be 'single' or 'slide', got {mode!r}")
 
 
-def segment_batch(bb, images: list[torch.Tensor], classes, out_hws=None, logit_scale=40.0,
+def segment_batch(bb, images: list[torch.Tensor], classes=None, out_hws=None, logit_scale=40.0,
                   prob_thd=0.0, area_thd=None, logit_bias=0.0, amp="auto", fused=True,
-                  cache_dir=None) -> list[torch.Tensor]:
+                  cache_dir=None, queries=None, tokenizer=None) -> list[torch.Tensor]:
     """Single-pass label maps of images of mixed sizes (one packed forward).
 
     ``images``: list of normalized ``[3, H_i, W_i]``; ``out_hws``: list of output sizes (default
-    each image's size). Returns a list of int64 ``[out_h_i, out_w_i]``.
+    each image's size); ``queries`` / ``tokenizer`` as in :func:`segment`. Returns a list of
+    int64 ``[out_h_i, out_w_i]``.
     """
     if not images:
         return []
@@ -134,7 +138,7 @@ def segment_batch(bb, images: list[torch.Tensor], classes, out_hws=None, logit_s
     out_hws = [None] * len(images) if out_hws is None else list(out_hws)
     if len(out_hws) != len(images):
         raise UserError(f"{len(images)} images but {len(out_hws)} output sizes")
-    queries, q2c, _ = text_queries(bb, classes, device=images[0].device, cache_dir=cache_dir)
+    queries, q2c, _ = resolve_queries(bb, classes, queries, images[0].device, cache_dir, tokenizer)
     logits = single_logits(bb, images, queries, amp)
     return [postprocess(lg, q2c, _out_hw(im, hw), logit_scale, logit_bias, prob_thd, area_thd, fused)
             for lg, im, hw in zip(logits, images, out_hws)]

@@ -1,24 +1,31 @@
-"""Text queries of open-vocabulary segmentation (SPEC §1, text side).
+"""Text queries of open-vocabulary segmentation (SPEC §1 text side, §5.4), as the reference.
 
-A class is one line of text; its names (synonyms) are separated by ", ". Every name is formatted
-into the 80 OpenAI ImageNet prompt templates, each prompt encoded and L2-normalized, the prompts
-averaged and L2-normalized again: one query per name. ``query_to_class`` maps queries to lines.
+A class is one line of text; its names (synonyms) are separated by ", " exactly, and kept as
+written (the official Context60 file ends a line with "wood ", and that space is encoded). Every
+name is formatted into the 80 OpenAI ImageNet prompt templates; the 80 prompts of one name are
+encoded in one batch, each embedding L2-normalized, averaged and L2-normalized again: one query
+per name, bit for bit the reference's loop. ``query_to_class`` maps queries to lines.
 
-Embeddings are cached in memory per (backbone, class lines, device). With ``cache_dir`` they are
-also kept on disk under ``<cache_dir>/<key>.pt``, the key being a hash of the backbone's
-``weights_name`` and the class text (``default_cache_dir()``).
+Embeddings are cached in memory per (backbone, class lines, tokenizer, device). With
+``cache_dir`` they are also kept on disk under ``<cache_dir>/<key>.pt`` (``default_cache_dir()``),
+the key hashing the backbone name, its weights id, the tokenizer path and the class text; random
+weights are never cached on disk. :func:`resolve_queries` picks between class text and a
+precomputed query file (``spar_fast.segmentation.query_file``).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import weakref
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..atomic import atomic_write_with
 from ..errors import UserError
+from .classes import NAME_SEPARATOR
 
 # The 80 prompt templates of CLIP's ImageNet zero-shot evaluation, in their original order.
 TEMPLATES = (
@@ -50,91 +57,119 @@ TEMPLATES = (
 )
 assert len(TEMPLATES) == 80
 
+# sha256 of the templates joined by newlines: recorded in query files.
+TEMPLATES_SHA256 = hashlib.sha256("\n".join(TEMPLATES).encode("utf-8")).hexdigest()
+
+# The text progress bar appears only when encoding takes longer than this (seconds).
+_PROGRESS_DELAY_S = 1.0
+
+_memory: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def default_cache_dir() -> Path:
     """``$SPAR_FAST_CACHE_DIR/text``, by default ``~/.cache/spar_fast/text``."""
     base = os.environ.get("SPAR_FAST_CACHE_DIR") or Path.home() / ".cache" / "spar_fast"
     return Path(base) / "text"
 
-# Prompts encoded per text-tower call: bounds activation memory (80 prompts per name).
-_ENCODE_CHUNK = 1024
 
-_memory: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+def read_class_file(path) -> list[str]:
+    """Class lines of a file as the reference reads them: lines without their newline, nothing
+    else removed. Trailing blank lines are ignored; a blank line inside is an error (it would
+    shift the class indices)."""
+    if not os.path.isfile(path):
+        raise UserError(f"class file not found: {os.fspath(path)}")
+    with open(path, encoding="utf-8") as f:  # universal newlines, like the reference's readlines
+        lines = f.read().split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            raise UserError(f"class file {os.fspath(path)}: line {i + 1} is blank (one class per line)")
+    return lines
 
 
 def parse_classes(classes) -> list[str]:
     """Class lines from a list/tuple of lines, a path to a class file, or a ";"-joined string.
 
-    A string naming an existing file is read (one class per line, blank lines skipped); any other
-    string is split at ";" (the CLI form ``"road, street; car; sky"``). Names inside a line are
-    separated by ", ". Raises ``UserError`` for an empty list or an empty name.
+    A path or a string naming an existing file is read with :func:`read_class_file`; any other
+    string is split at ";" and each part stripped (the CLI form ``"road, street; car; sky"``).
+    Lines of a list are kept as given. Raises ``UserError`` for no classes or an empty name.
     """
-    if isinstance(classes, (str, os.PathLike)) and os.path.isfile(classes):
-        text = Path(classes).read_text(encoding="utf-8")
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        where = f"class file {os.fspath(classes)}"
+    if isinstance(classes, os.PathLike) or (isinstance(classes, str) and os.path.isfile(classes)):
+        lines, where = read_class_file(classes), f"class file {os.fspath(classes)}"
     elif isinstance(classes, str):
         lines = [part.strip() for part in classes.split(";") if part.strip()]
         where = "class string"
     else:
-        lines = [str(ln).strip() for ln in classes]
-        where = "class list"
+        lines, where = list(classes), "class list"
     if not lines:
         raise UserError(f"{where} has no classes")
     for i, line in enumerate(lines):
-        if any(not name.strip() for name in line.split(",")):
+        if not isinstance(line, str) or "\n" in line:
+            raise UserError(f"{where}: class {i} ({line!r}) is not one line of text")
+        if any(not name.strip() for name in line.split(NAME_SEPARATOR)):
             raise UserError(f"{where}: class {i} ({line!r}) has an empty name")
     return lines
 
 
 def class_names(lines: list[str]) -> tuple[list[str], torch.Tensor]:
-    """Split lines into names: ``names [Q]`` and ``query_to_class`` int64 ``[Q]``."""
+    """Split lines at ", " into names as written: ``names [Q]`` and ``query_to_class`` int64 ``[Q]``."""
     names, owner = [], []
     for k, line in enumerate(lines):
-        for name in line.split(","):
-            names.append(name.strip())
+        for name in line.split(NAME_SEPARATOR):
+            names.append(name)
             owner.append(k)
     return names, torch.tensor(owner, dtype=torch.int64)
 
 
 @torch.no_grad()
-def embed_names(encode_text, names: list[str]) -> torch.Tensor:
+def embed_names(encode_text, names: list[str], progress: bool | None = None) -> torch.Tensor:
     """Template-averaged text embeddings ``[Q, D]`` fp32, unit norm.
 
-    ``encode_text(list[str]) -> [N, D]``. Each prompt embedding is L2-normalized, the 80 of a
-    name averaged, the mean L2-normalized again.
+    ``encode_text(list[str]) -> [N, D]`` L2-normalized rows (as ``Backbone.encode_text``). Per
+    name: its 80 prompts in one call, the mean of the rows, L2-normalized. ``progress``: a bar
+    over names on stderr (None: only when stderr is a terminal; False: never).
     """
-    prompts = [t.format(name) for name in names for t in TEMPLATES]
-    parts = [encode_text(prompts[i:i + _ENCODE_CHUNK]).float()
-             for i in range(0, len(prompts), _ENCODE_CHUNK)]
-    emb = torch.nn.functional.normalize(torch.cat(parts), dim=-1)
-    emb = emb.view(len(names), len(TEMPLATES), -1).mean(dim=1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(names, desc="text queries", unit="name", file=sys.stderr, leave=False,
+               delay=_PROGRESS_DELAY_S, disable=None if progress is None else not progress)
+    rows = [F.normalize(encode_text([t.format(name) for t in TEMPLATES]).float().mean(dim=0), dim=-1)
+            for name in bar]
+    return torch.stack(rows)
 
 
 def cache_key(bb, lines: list[str]) -> str | None:
-    """Disk cache key: hash of ``bb.weights_name`` (set by ``load_backbone``) and the class text.
+    """Disk cache key: hash of the backbone name, weights id, tokenizer path and class text.
 
-    None (no disk caching) for a backbone without ``weights_name``, e.g. random weights.
+    None (no disk caching) for unknown or random weights.
     """
-    name = getattr(bb, "weights_name", None)
-    if not name:
+    from ..backbones.text import has_random_weights, weights_id
+
+    wid = weights_id(bb)
+    if not wid or has_random_weights(bb):
         return None
-    text = name + "\n" + "\n".join(lines)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    parts = [str(getattr(bb, "name", "")), str(wid), str(getattr(bb, "tokenizer_path", None) or ""),
+             TEMPLATES_SHA256, *lines]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
-def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None = None):
+def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None = None,
+                 tokenizer=None, progress: bool | None = None):
     """Queries of ``classes`` for backbone ``bb``.
 
+    ``tokenizer``: a local tokenizer path for ``bb`` (``bb.set_tokenizer``; kept for later calls).
     Returns ``(queries [Q, D] fp32 unit-norm, query_to_class int64 [Q], lines list[str])`` on
     ``device`` (default: the device of the backbone's parameters).
     """
     lines = parse_classes(classes)
+    if tokenizer is not None:
+        bb.set_tokenizer(tokenizer)
     if device is None:
         device = next(iter(bb.parameters())).device if hasattr(bb, "parameters") else "cpu"
     device = torch.device(device)
     per_bb = _memory.setdefault(bb, {})
-    key = (tuple(lines), str(device))
+    key = (tuple(lines), getattr(bb, "tokenizer_path", None), str(device))
     if key not in per_bb:
         names, q2c = class_names(lines)
         key_hash = cache_key(bb, lines) if cache_dir is not None else None
@@ -145,10 +180,40 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
             if queries.shape[0] != len(names):
                 queries = None
         if queries is None:
-            queries = embed_names(bb.encode_text, names).cpu()
+            queries = embed_names(bb.encode_text, names, progress).cpu()
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_with(str(path), lambda tmp: torch.save(queries, tmp))
         per_bb[key] = (queries.to(device), q2c.to(device))
     queries, q2c = per_bb[key]
     return queries, q2c, lines
+
+
+def as_query_set(queries, bb, classes=None):
+    """A checked :class:`~spar_fast.segmentation.query_file.QuerySet` from a query file path or a
+    QuerySet; ``classes``, when also given, must equal its class lines."""
+    from .query_file import QuerySet, check_query_set, load_query_set
+
+    qs = queries if isinstance(queries, QuerySet) else load_query_set(queries)
+    check_query_set(qs, bb)
+    if classes is not None and parse_classes(classes) != list(qs.lines):
+        raise UserError("the classes given differ from the class lines of the query file; give only one")
+    return qs
+
+
+def resolve_queries(bb, classes=None, queries=None, device=None, cache_dir=None, tokenizer=None,
+                    progress: bool | None = None):
+    """``(queries [Q, D], query_to_class [Q], lines)`` from class text or precomputed queries.
+
+    ``queries``: a query file path or a ``QuerySet`` (see :func:`as_query_set`; no tokenizer and
+    no text tower are used). Otherwise ``classes`` go through :func:`text_queries`.
+    """
+    if queries is None:
+        if classes is None:
+            raise UserError("give the classes (class lines or a class file) or precomputed queries")
+        return text_queries(bb, classes, device=device, cache_dir=cache_dir, tokenizer=tokenizer,
+                            progress=progress)
+    qs = as_query_set(queries, bb, classes)
+    if device is None:
+        device = next(iter(bb.parameters())).device
+    return qs.queries.to(device), qs.query_to_class.to(device), list(qs.lines)
