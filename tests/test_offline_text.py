@@ -154,7 +154,7 @@ def test_eval_with_queries_and_display_names(tmp_path, capsys, monkeypatch):
     rc, out, err = run(capsys, ["eval", "--dataset", "voc21", "--root", str(tmp_path), *model, "--queries",
                                 str(q21), "--per-class", "--limit", "1"])
     assert rc == 0, err
-    rows = out.split("per-class IoU:")[1].splitlines()
+    rows = out.split("per-class IoU (%):")[1].splitlines()
     assert rows[1].split()[-1] == "background" and rows[2].split()[-1] == "aeroplane"
     rc, _, err = run(capsys, ["eval", "--dataset", "voc21", "--root", str(tmp_path), *model, "--queries", str(q2)])
     assert rc == 2 and "21 classes but 2 class lines" in err and err.count("\n") == 1

@@ -25,11 +25,12 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..segmentation.classes import BUILTIN
-    from ..segmentation.cli_args import check_output, load_model
+    from ..runtime import check_output_file
+    from ..segmentation.cli_args import load_model
     from ..segmentation.query_file import compute_query_set, save_query_set
     from ..segmentation.text_args import apply_tokenizer, classes_or_queries
 
-    check_output(args.output, (".safetensors",))
+    check_output_file(args.output, (".safetensors",))
     lines = list(BUILTIN[args.dataset]) if args.dataset else classes_or_queries(args)[0]
     bb = load_model(args)
     apply_tokenizer(bb, args)

@@ -135,9 +135,12 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
 
 
 def class_names(dataset: str, lines: list[str]) -> list[str]:
-    """Display name of each class line: its first name; label 0 of the datasets whose first line
-    is a list of stuff names standing for the background is called "background"."""
-    names = [line.split(", ")[0].strip() for line in lines]
+    """Display name of each class line (:func:`~spar_fast.segmentation.classes.display_name`);
+    label 0 of the datasets whose first line stands for the background is called "background"
+    whatever lines were given."""
+    from ..segmentation.classes import display_name
+
+    names = [display_name(line) for line in lines]
     if dataset in BACKGROUND_FIRST:
         names[0] = "background"
     return names

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .classes import display_name
+
 # Overlay opacity of the class colors over the photo.
 ALPHA = 0.5
 
@@ -30,7 +32,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, lines: list[str]) -> Image.Im
     canvas = Image.fromarray(np.rint(blend).astype(np.uint8))
     present = np.unique(labels).tolist()
     row, pad = 18, 6
-    names = [lines[k].split(",")[0].strip() for k in present]
+    names = [display_name(lines[k]) for k in present]
     legend_w = pad * 3 + row + 7 * max(len(n) for n in names)
     out = Image.new("RGB", (canvas.width + legend_w, max(canvas.height, pad + row * len(names))),
                     (255, 255, 255))
