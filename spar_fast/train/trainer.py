@@ -120,7 +120,8 @@ def train(store: str, out_dir: str, *, backbone: str | None = None, pretrained=N
         raise UserError(f"feature store {store} does not exist")
     rank, world, device, created = init_from_env(device)
     try:
-        return _run(rank, world, device, **opts)
+        with ckpt.run_lock(out_dir, writer=rank == 0):
+            return _run(rank, world, device, **opts)
     finally:
         if created:
             torch.distributed.destroy_process_group()
@@ -132,6 +133,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     """The loop of :func:`train` in process ``rank`` of ``world`` on ``device``."""
     from ..backbones import Backbone
     from ..store import FeatureStore
+    from ..teacher.extract import pretrained_of
 
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -139,7 +141,7 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
         raise UserError(f"precision {precision} needs a CUDA device; use fp32 on CPU")
     store_cfg = FeatureStore(store).config
     cfg = TrainConfig(backbone=backbone or store_cfg["backbone"],
-                      pretrained=store_cfg["pretrained"] if pretrained is None else pretrained,
+                      pretrained=pretrained_of(store_cfg) if pretrained is None else pretrained,
                       unfreeze=unfreeze, tokens_per_step=tokens_per_step or None,
                       chunks_per_step=world * accumulate, lr=lr, weight_decay=weight_decay,
                       schedule=schedule, warmup_steps=warmup_steps, precision=precision, seed=seed,
