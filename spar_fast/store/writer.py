@@ -23,10 +23,7 @@ from .records import StoreRecord
 def open_store(path: str, config: dict) -> str:
     """Create the store with ``config`` or check that an existing one has the same config.
 
-    Returns the shard folder. Raises ``UserError`` when ``path`` is a file or holds another
-    config."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--out {path} is a file, not a feature store folder")
+    Returns the shard folder. Raises ``UserError`` when ``path`` holds another config."""
     shard_dir = os.path.join(path, SHARD_DIR)
     os.makedirs(shard_dir, exist_ok=True)
     cfg_path = os.path.join(path, CONFIG_NAME)

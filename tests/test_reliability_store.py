@@ -1,0 +1,273 @@
+"""A damaged or contested feature store: every case is a one-line error naming what is wrong (or
+a skip), ``verify`` tells the states apart with its exit codes, and a rerun of the job repairs the
+store to the bytes of an undamaged run. Fake teacher of test_store.py (fast)."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from spar_fast.atomic import create_exclusive
+from spar_fast.cli import main
+from spar_fast.errors import UserError
+from spar_fast.lock import exclusive_lock
+from spar_fast.store import CorruptStoreError, FeatureStore, verify
+from test_store import FAKE, ROOT, make_images, run_job, store_files
+
+
+@pytest.fixture()
+def built(tmp_path):
+    images = make_images(tmp_path / "img")
+    run_job(images, tmp_path / "clean")
+    run_job(images, tmp_path / "s")
+    return images, tmp_path / "s", tmp_path / "clean"
+
+
+def _verify_cli(store, capsys):
+    code = main(["verify", str(store)])
+    return code, capsys.readouterr()
+
+
+def _one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text
+    return text
+
+
+def test_bit_flip_inside_a_target_is_caught_on_read_and_repaired(built, capsys):
+    images, store, clean = built
+    shard = store / "shards" / "r000-000001.safetensors"
+    data = bytearray(shard.read_bytes())
+    for k in range(16):  # XOR 16 bytes inside the tensor data (the header stays valid)
+        data[-40 + k] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    fs = FeatureStore(store)
+    with pytest.raises(CorruptStoreError) as info:
+        for image_id in fs.ids:
+            fs.get(image_id)
+    text = _one_line(info)
+    assert "im1" in text and "r000-000001.safetensors" in text and "checksum" in text
+    code, out = _verify_cli(store, capsys)
+    assert code == 1 and "corrupt" in out.out
+    summary = run_job(images, store)  # the damaged chunk is recomputed, not counted as done
+    assert summary["computed"] == 2
+    assert store_files(store) == store_files(clean)
+
+
+def test_truncated_index_refused_unless_partial(built, capsys):
+    images, store, clean = built
+    index = store / "shards" / "r000-000002.json"
+    index.write_bytes(index.read_bytes()[:50])
+    with pytest.raises(CorruptStoreError) as info:
+        FeatureStore(store)
+    assert "holds 5 of the 7 images" in _one_line(info) and "r000-000002" in str(info.value)
+    assert len(FeatureStore(store, partial=True)) == 3
+    assert _verify_cli(store, capsys)[0] == 1
+    run_job(images, store)
+    assert store_files(store) == store_files(clean)
+
+
+@pytest.mark.parametrize("damage", ["delete", "bad_header", "pickle"])
+def test_unreadable_shard_is_a_one_line_error(built, damage, capsys):
+    images, store, clean = built
+    shard = store / "shards" / "r000-000003.safetensors"
+    if damage == "delete":
+        shard.unlink()
+    elif damage == "bad_header":
+        shard.write_bytes(b"\xff" * 8 + shard.read_bytes()[8:])
+    else:
+        import pickle
+        shard.write_bytes(pickle.dumps({"not": "tensors"}))
+    fs = FeatureStore(store)
+    with pytest.raises(CorruptStoreError) as info:
+        fs.get("im4")
+    assert "'im4'" in _one_line(info) and "r000-000003.safetensors" in str(info.value)
+    assert _verify_cli(store, capsys)[0] == 1
+    run_job(images, store)
+    assert store_files(store) == store_files(clean)
+
+
+def test_replaced_or_missing_source_image(built, capsys):
+    images, store, _ = built
+    other = np.random.default_rng(9).integers(0, 256, (30 + 7 * 2, 45 + 11 * 2, 3), dtype=np.uint8)
+    size = os.path.getsize(images / "im2.png")
+    Image.fromarray(other).save(images / "im2.png")
+    os.truncate(images / "im2.png", min(size, os.path.getsize(images / "im2.png")))
+    (images / "im3.png").unlink()
+    code, out = _verify_cli(store, capsys)
+    assert code == 4 and "sources changed" in out.out
+    assert "'im2'" in out.out and "changed since extraction" in out.out
+    assert "'im3'" in out.out and "missing" in out.out
+    with pytest.raises(UserError, match="changed since extraction"):
+        FeatureStore(store).input_image("im2")
+
+
+def test_verify_tells_states_apart(tmp_path, capsys):
+    assert main(["verify", str(tmp_path / "nowhere")]) == 2
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "notes.txt").write_text("hello")
+    assert main(["verify", str(tmp_path / "random")]) == 2
+    err = capsys.readouterr().err
+    assert "not a feature store" in err and len(err.strip().splitlines()) == 2
+    killed = tmp_path / "killed"  # a job killed before store.json existed
+    (killed / "shards").mkdir(parents=True)
+    (killed / ".lock").write_bytes(b"")
+    (killed / "store.json.abc123.tmp").write_text("{")
+    code, out = _verify_cli(killed, capsys)
+    assert code == 3 and "unfinished" in out.out
+    images = make_images(tmp_path / "img", bad=False)
+    run_job(images, tmp_path / "s")
+    (tmp_path / "s" / "shards" / "r000-000002.json").unlink()
+    assert _verify_cli(tmp_path / "s", capsys)[0] == 3
+    run_job(images, tmp_path / "s")
+    assert _verify_cli(tmp_path / "s", capsys)[0] == 0
+
+
+def test_stale_temp_files_removed_on_resume(built):
+    images, store, clean = built
+    (store / "shards" / "r000-000001.safetensors.x1y2.tmp").write_bytes(b"partial")
+    (store / "manifest.json.q.tmp").write_bytes(b"partial")
+    run_job(images, store)
+    assert store_files(store) == store_files(clean)
+
+
+def test_store_grows_and_folder_spelling_does_not_matter(tmp_path, monkeypatch):
+    images = make_images(tmp_path / "img", n=3, bad=False)
+    first = run_job(images, tmp_path / "s")
+    monkeypatch.chdir(tmp_path)
+    same = run_job("img", tmp_path / "s")  # relative spelling of the same folder
+    assert (same["computed"], same["resumed"]) == (0, first["images"])
+    rng = np.random.default_rng(5)
+    for name in ("a_new.png", "z_new.png"):
+        Image.fromarray(rng.integers(0, 256, (33, 44, 3), dtype=np.uint8)).save(images / name)
+    before = {r.image_id: r.index for r in FeatureStore(tmp_path / "s").records}
+    grown = run_job(images, tmp_path / "s")
+    assert (grown["images"], grown["computed"], grown["resumed"]) == (5, 2, 3)
+    fs = FeatureStore(tmp_path / "s")
+    assert {i: fs.record(i).index for i in before} == before  # ids and positions kept
+    assert fs.ids[-2:] == ["a_new", "z_new"] and verify(tmp_path / "s")["complete"]
+
+
+def test_second_writer_gets_a_one_line_error(tmp_path):
+    images = make_images(tmp_path / "img", n=1, bad=False)
+    with exclusive_lock(str(tmp_path / "s"), "feature store"):
+        with pytest.raises(UserError, match="another process is writing this feature store"):
+            run_job(images, tmp_path / "s")
+    assert run_job(images, tmp_path / "s")["ok"] == 1  # released when the holder is done
+
+
+def test_exclusive_creation_has_one_winner(tmp_path):
+    results = []
+    barrier = threading.Barrier(8)
+
+    def create(k):
+        barrier.wait()
+        results.append((k, create_exclusive(str(tmp_path / "store.json"), f"config {k}".encode())))
+
+    threads = [threading.Thread(target=create, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [k for k, won in results if won]
+    assert len(winners) == 1
+    assert (tmp_path / "store.json").read_text() == f"config {winners[0]}"
+    assert os.listdir(tmp_path) == ["store.json"]
+
+
+def test_two_jobs_racing_to_create_one_store_never_mix(tmp_path):
+    images = make_images(tmp_path / "img", n=4, bad=False)
+    script = tmp_path / "job.py"
+    script.write_text(FAKE + textwrap.dedent('''
+        import sys
+        from spar_fast.cli import main
+        from spar_fast.errors import UserError
+        from spar_fast.store import extract_features
+        try:
+            extract_features(sys.argv[1], sys.argv[2], backbone=FakeBackbone(), teacher_fn=fake_teacher,
+                             seed=int(sys.argv[3]), shard_size=1, progress=False)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(2)
+    '''))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(script), str(images), str(tmp_path / "s"), str(seed)],
+                              env=env, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in outcomes)[0] == 0
+    for code, err in outcomes:
+        assert code in (0, 2)
+        if code == 2:
+            assert len(err.strip().splitlines()) == 1
+            assert "another process is writing" in err or "another config" in err
+    seed = json.loads((tmp_path / "s" / "store.json").read_text())["seed"]
+    assert verify(tmp_path / "s")["complete"]
+    assert {r.augment for r in FeatureStore(tmp_path / "s").records} == {
+        r.augment for r in FeatureStore(_fresh(images, tmp_path / "ref", seed)).records}
+
+
+def _fresh(images, path, seed):
+    run_job(images, path, seed=seed, shard_size=1)
+    return path
+
+
+def test_umask_respected(tmp_path):
+    images = make_images(tmp_path / "img", n=1, bad=False)
+    old = os.umask(0o027)
+    try:
+        run_job(images, tmp_path / "s")
+    finally:
+        os.umask(old)
+    for name in ("store.json", "manifest.json", "shards/r000-000000.safetensors", "shards/r000-000000.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / "s" / name).st_mode) == 0o640, name
+
+
+def test_out_is_a_file_and_bad_stride(tmp_path, capsys):
+    images = make_images(tmp_path / "img", n=1, bad=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        run_job(images, tmp_path / "file")
+    with pytest.raises(UserError, match="leaves gaps"):
+        run_job(images, tmp_path / "s", stride=100)  # window 64
+    with pytest.raises(UserError, match="multiple of 4"):
+        run_job(images, tmp_path / "s", stride=10)
+
+
+@pytest.fixture()
+def small_fs(tmp_path):
+    """A 2 MiB tmpfs (root only); skipped where mounting is not allowed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("needs root and mount(8) to create a small filesystem")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()[:80]})")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_and_resumable(tmp_path, small_fs):
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # each target 32x32x6 fp32 at 512 px: ~25 KB; with 700 KB of ballast...
+        Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(images / f"x{i}.png")
+    ballast = small_fs / "ballast"
+    ballast.write_bytes(b"\0" * (2 * 1024 * 1024 - 60 * 1024))  # leave ~60 KB free
+    with pytest.raises(UserError) as info:
+        run_job(images, small_fs / "s", augment="none", dtype="fp32", shard_size=1)
+    text = _one_line(info)
+    assert "No space left on device" in text and str(small_fs / "s") in text
+    assert not [n for n in os.listdir(small_fs / "s" / "shards") if n.endswith(".tmp")]
+    ballast.unlink()
+    summary = run_job(images, small_fs / "s", augment="none", dtype="fp32", shard_size=1)
+    assert summary["ok"] == 6 and summary["resumed"] >= 1
+    assert verify(small_fs / "s")["complete"]
