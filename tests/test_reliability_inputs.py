@@ -202,8 +202,7 @@ _SEGMENT_GAP = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
     "spar_fast.data.images.check_image_size(resized_hw, min_side=patch) first"))
 
 
-@pytest.mark.parametrize("name", ["bomb_header.png", "fifo.jpg", "zero.jpg", "text.jpg",
-                                  "truncated_jpeg.jpg", "strip_3x5000.png",
+@pytest.mark.parametrize("name", ["bomb_header.png", "zero.jpg", "strip_3x5000.png",
                                   pytest.param("panorama_3x100000.png", marks=_SEGMENT_GAP)])
 def test_segment_command_on_bad_inputs(corpus, tmp_path, capsys, monkeypatch, name):
     """``segment`` (tiny random backbone, offline): a result or one line with exit 2."""

@@ -70,7 +70,10 @@ class FeatureStore:
             for rec in map(StoreRecord.from_dict, index["records"]):
                 (records if rec.ok else skipped).append(rec)
         wanted = sum(len(c["items"]) for c in chunks)
-        if not wanted or (self.missing and not partial):
+        if not wanted:
+            raise CorruptStoreError(f"{self.path}: unfinished store without images yet; rerun "
+                                    "`spar-fast features` to fill it")
+        if self.missing and not partial:
             held = len(records) + len(skipped)
             shown = ", ".join(self.missing[:3]) + (" ..." if len(self.missing) > 3 else "")
             raise CorruptStoreError(
