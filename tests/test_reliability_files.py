@@ -45,6 +45,23 @@ def test_pickled_trainer_state_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_legacy_trainer_state_still_resumes(tmp_path):
+    """A trainer_state.pt written by the older version (numpy RNG arrays inside) is read safely."""
+    model = torch.nn.Linear(3, 2)
+    from spar_fast.backbones.weights import save_weights
+
+    save_weights(model, str(tmp_path / "weights-00000004.safetensors"))
+    legacy = {"global_step": 4, "weights": "weights-00000004.safetensors", "config": {"lr": 0.1},
+              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                      "python": random.getstate()}}
+    torch.save(legacy, tmp_path / ckpt.LEGACY_STATE_FILE)
+    expected = np.random.rand(2)
+    state = ckpt.load_checkpoint(str(tmp_path))
+    assert state["global_step"] == 4 and state["weights"] == str(tmp_path / "weights-00000004.safetensors")
+    ckpt.set_rng_state(state["rng"])
+    assert np.array_equal(np.random.rand(2), expected)
+
+
 def test_pickled_weights_and_checkpoint_are_refused(tmp_path):
     from spar_fast.backbones.weights import load_weights
 

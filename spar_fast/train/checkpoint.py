@@ -16,7 +16,8 @@ Write order: weights, tensor state, then the JSON (its ``os.replace`` is the com
 after a kill at any point the JSON names a complete pair of the same step. Superseded
 ``weights-*`` / ``state-*`` files and temporary files are removed after each commit and when a
 run is opened (:func:`run_lock`). A ``trainer_state.pt`` of an older version is read only with
-``torch.load(weights_only=True)`` (which refuses any object but tensors and plain containers).
+``torch.load(weights_only=True)`` (tensors, plain containers and numpy arrays; any other object
+is refused), so such a run still resumes.
 """
 from __future__ import annotations
 
@@ -176,8 +177,11 @@ def _load_json_state(run_dir: str) -> dict:
 
 def _load_legacy_state(run_dir: str) -> dict:
     path = os.path.join(run_dir, LEGACY_STATE_FILE)
+    # numpy's RNG state is a uint32 array: allow exactly the globals that rebuild plain arrays
+    arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.zeros(1).__reduce__()[0]]
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(arrays):
+            state = torch.load(path, map_location="cpu", weights_only=True)
         weights = os.path.join(run_dir, os.path.basename(state["weights"]))
     except Exception as exc:  # refused global (possible code), truncated file, wrong content
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
