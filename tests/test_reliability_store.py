@@ -8,6 +8,8 @@ import stat
 import subprocess
 import threading
 
+import torch
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -268,3 +270,49 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, small_fs):
     summary = run_job(images, small_fs / "s", augment="none", dtype="fp32", shard_size=1)
     assert summary["ok"] == 6 and summary["resumed"] >= 1
     assert verify(small_fs / "s")["complete"]
+
+
+def _as_format_1(store):
+    """Rewrite a fresh store the way spar_fast wrote format 1 (SHA-256, no manifest)."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    def sha(data):
+        return hashlib.sha256(data).hexdigest()
+
+    config = json.loads((store / "store.json").read_text())
+    manifest = json.loads((store / "manifest.json").read_text())
+    (store / "manifest.json").unlink()
+    config.pop("weights")
+    n = sum(len(c["items"]) for c in manifest["chunks"])
+    config.update(format="spar_fast.store/1", pretrained=None, num_images=n, world_size=1,
+                  images_sha256="0" * 64)
+    (store / "store.json").write_text(json.dumps(config))
+    for k, chunk in enumerate(manifest["chunks"]):
+        index = json.loads((store / "shards" / (chunk["name"] + ".json")).read_text())
+        shard = store / "shards" / index["shard"]
+        records = []
+        with safe_open(str(shard), framework="pt") as handle:
+            for rec in index["records"]:
+                for key in ("checksum", "source_bytes", "source_mtime_ns", "source_checksum"):
+                    rec.pop(key, None)
+                if rec["status"] == "ok":
+                    t = handle.get_tensor(rec["key"])
+                    rec["sha256"] = sha(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                rec["source_sha256"] = sha(open(rec["source"], "rb").read())
+                records.append(rec)
+        old = {"format": "spar_fast.store/1", "rank": 0, "chunk": k, "shard": index["shard"],
+               "shard_bytes": index["shard_bytes"], "shard_sha256": sha(shard.read_bytes()), "records": records}
+        (store / "shards" / (chunk["name"] + ".json")).write_text(json.dumps(old))
+
+
+def test_format_1_store_is_upgraded_in_place(built, capsys):
+    images, store, clean = built
+    _as_format_1(store)
+    assert _verify_cli(store, capsys)[0] == 2
+    with pytest.raises(UserError, match="upgrade"):
+        FeatureStore(store)
+    summary = run_job(images, store)
+    assert summary["computed"] == 0 and summary["resumed"] == 7
+    assert store_files(store) == store_files(clean)

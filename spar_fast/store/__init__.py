@@ -1,6 +1,6 @@
 """Feature store: safetensors shards of teacher targets with JSON indexes and a manifest
-(``layout``), the writer, the reader (every target checked as it is read) and the consistency
-check (``spar-fast verify``). The extraction job lives in :mod:`spar_fast.teacher.extract`
+(``layout``), the writer, the reader (every target checked as it is read), the consistency
+check (``spar-fast verify``) and the in-place upgrade of format-1 stores. The extraction job lives in :mod:`spar_fast.teacher.extract`
 (``extract_features`` is re-exported here, imported on first use).
 
 Stored precision (``dtype``), measured on the stitched 512x512 output of the real SigLIP2 B/16

@@ -54,9 +54,11 @@ class FeatureStore:
         self.path = os.fspath(path)
         self.verify_reads = verify_reads
         self.config = read_json(os.path.join(self.path, CONFIG_NAME))
-        if not isinstance(self.config, dict) or self.config.get("format") != FORMAT:
-            raise UserError(f"{self.path}: not a feature store of this version (missing, unreadable "
-                            f"or older {CONFIG_NAME})")
+        if not isinstance(self.config, dict):
+            raise UserError(f"{self.path}: not a feature store (missing or unreadable {CONFIG_NAME})")
+        if self.config.get("format") != FORMAT:
+            raise UserError(f"{self.path}: feature store format {self.config.get('format')!r}; "
+                            "rerun `spar-fast features` with its options once to upgrade it")
         chunks = read_manifest(self.path)
         if chunks is None:
             raise CorruptStoreError(f"{self.path}: unreadable manifest; {_REPAIR}")

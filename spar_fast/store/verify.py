@@ -121,7 +121,8 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
             report["errors"].append(f"no {CONFIG_NAME}")
         return report
     if isinstance(config, dict) and config.get("format") != FORMAT:
-        report["errors"].append(f"{CONFIG_NAME} has format {config.get('format')!r}, not {FORMAT!r}")
+        report["errors"].append(f"{CONFIG_NAME} has format {config.get('format')!r}, not {FORMAT!r} "
+                                "(rerun `spar-fast features` with its options once to upgrade it)")
         return report
     chunks = read_manifest(path)
     if not isinstance(config, dict) or chunks is None:

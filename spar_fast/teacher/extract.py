@@ -32,6 +32,7 @@ from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
 from ..store.layout import DTYPES, FORMAT, chunk_done, file_digest, tensor_digest
 from ..store.records import StoreRecord
+from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
 from .extract_dist import all_agree, dist_env, gather_summaries, join_group
 from .window_plan import upsample_factor
@@ -264,11 +265,13 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
 
 
 def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -> None:
-    """Rank 0 takes the store's writer lock into ``stack``; every rank stops if it failed."""
+    """Rank 0 takes the store's writer lock into ``stack`` and upgrades a format-1 store; every
+    rank stops if that failed."""
     failure = None
     if rank == 0:
         try:
             stack.enter_context(exclusive_lock(path, "feature store"))
+            upgrade_if_format_1(path)
         except UserError as exc:
             failure = exc
     if not all_agree(failure is None, world):
