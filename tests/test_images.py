@@ -226,3 +226,6 @@ def test_undecodable_file_names_get_printable_ids(tmp_path):
     (item,) = list_images(tmp_path)
     assert item.id == "caf\\xe9" and json.dumps(item.id).encode("utf-8")
     assert load_image(item.path).shape == (24, 40, 3)  # the file is read through its real name
+    (tmp_path / "list.txt").write_bytes(b"caf\xe9.png\n")  # a list file in latin-1
+    (listed,) = list_images(tmp_path / "list.txt")
+    assert listed.id == "caf\\xe9" and load_image(listed.path).shape == (24, 40, 3)

@@ -241,7 +241,7 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
         if isinstance(entry, (tuple, list)):
             if len(entry) != 2:
                 raise UserError(f"image list entry {entry!r} is not (id, path)")
-            image_id, path = str(entry[0]), os.fspath(entry[1])
+            image_id, path = printable_id(str(entry[0])), os.fspath(entry[1])
             full_id = image_id
         else:
             path = os.fspath(entry)
@@ -258,7 +258,8 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
 def _read_list_file(path: Path) -> list:
     """One image per line: ``path`` or ``path<TAB>id``; blank lines and ``#`` comments skipped."""
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # undecodable bytes stay as os.fsdecode spells them, so such paths still open
+    for line in path.read_bytes().decode("utf-8", "surrogateescape").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -283,7 +284,8 @@ def list_images(source) -> list[ImageItem]:
     * a Python list of paths or ``(id, path)`` pairs, handled like the lines of a list file
       (relative paths against the current directory).
 
-    Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension. Listed files are
+    Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension; bytes of names
+    that are not UTF-8 appear in ids as ``\\xNN`` (:func:`printable_id`). Listed files are
     not opened here: unreadable ones are reported when loaded. Raises ``UserError`` for a missing
     source, an empty list or a duplicated id.
     """
