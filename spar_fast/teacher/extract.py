@@ -30,7 +30,7 @@ from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_
 from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
-from ..store.layout import DTYPES, FORMAT, chunk_done, file_digest, tensor_digest
+from ..store.layout import DTYPES, FORMAT, SHARD_DIR, chunk_done, file_digest, tensor_digest
 from ..store.records import StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
@@ -244,9 +244,6 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
         with contextlib.ExitStack() as stack:
             _lock_store(stack, store_path, rank, world)
             shard_dir = open_store(store_path, config)
-            if rank == 0:
-                remove_temp_files(store_path)
-                remove_temp_files(shard_dir)
             chunks = plan_chunks(store_path, items, shard_size, world, write=rank == 0)
             mine = [c for c in chunks if c["rank"] % world == rank]
             counts = _run_chunks(mine, shard_dir, config, teacher_fn, device,
@@ -265,12 +262,15 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
 
 
 def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -> None:
-    """Rank 0 takes the store's writer lock into ``stack`` and upgrades a format-1 store; every
-    rank stops if that failed."""
+    """Rank 0 takes the store's writer lock into ``stack``, removes temporary files of killed
+    writes and upgrades a format-1 store, before any rank writes; every rank stops if that
+    failed."""
     failure = None
     if rank == 0:
         try:
             stack.enter_context(exclusive_lock(path, "feature store"))
+            for folder in (path, os.path.join(path, SHARD_DIR)):
+                remove_temp_files(folder)
             upgrade_if_format_1(path)
         except UserError as exc:
             failure = exc
