@@ -53,7 +53,11 @@ _FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_IS
 
 
 class ImageLoadError(UserError):
-    """An image file that cannot be decoded into RGB (message: one line with path and reason)."""
+    """An image file that cannot be decoded into RGB (message: one line with path and reason;
+    undecodable file-name bytes spelled ``\\xNN`` so the message can always be printed)."""
+
+    def __init__(self, message: str):
+        super().__init__(printable_id(message))
 
 
 def check_image_size(hw, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = 1,

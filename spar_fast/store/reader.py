@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from ..data.augment import apply_augment
-from ..data.images import load_image
+from ..data.images import load_image, printable_id
 from ..errors import UserError
 from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, tensor_digest
 from .records import StoreRecord
@@ -137,6 +137,6 @@ class FeatureStore:
         rec = self.record(image_id)
         problem = source_changed(rec) if check_source else None
         if problem:
-            raise UserError(f"{self.path}: {problem} for {image_id!r} ({rec.source}); "
+            raise UserError(f"{self.path}: {problem} for {image_id!r} ({printable_id(rec.source)}); "
                             "re-extract it with `spar-fast features`")
         return apply_augment(load_image(rec.source, max_pixels=None), rec.augment)

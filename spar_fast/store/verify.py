@@ -15,6 +15,7 @@ import os
 from safetensors import safe_open
 
 from ..atomic import TEMP_SUFFIX
+from ..data.images import printable_id
 from ..lock import LOCK_NAME
 from .layout import (CONFIG_NAME, DTYPES, FORMAT, MANIFEST_NAME, SHARD_DIR, file_digest, read_json,
                      tensor_digest)
@@ -140,7 +141,7 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
         for rec in ok if check_sources else []:
             problem = source_changed(rec)
             if problem:
-                report["sources"].append(f"{rec.image_id!r} ({rec.source}): {problem}")
+                report["sources"].append(f"{rec.image_id!r} ({printable_id(rec.source)}): {problem}")
     known = {c["name"] for c in chunks}
     for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
         report["bytes"] += os.path.getsize(os.path.join(shard_dir, name))
