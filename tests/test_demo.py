@@ -36,7 +36,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     with Image.open(report["figure"]) as fig:
         assert fig.width > 3 * fig.height // 2  # 4 panels per held-out image, 2 rows
     run = report["run_dir"]
-    for name in ("final.safetensors", "trainer_state.pt", "metrics.jsonl", "loss.png"):
+    for name in ("final.safetensors", "trainer_state.json", "metrics.jsonl", "loss.png"):
         assert os.path.getsize(os.path.join(run, name)) > 0, name
     # random weights are rebuilt from their seed: no init file is written
     assert not [n for n in os.listdir(run) if n.startswith("init")]

@@ -21,7 +21,7 @@ def _images(folder: Path, n=3) -> Path:
     return folder
 
 
-CLI = ["--backbone", "siglip2-tiny", "--pretrained", "none", "--augment", "none", "--device", "cpu",
+CLI = ["--backbone", "siglip2-tiny", "--weights", "random:3", "--augment", "none", "--device", "cpu",
        "--shard-size", "2", "--no-progress"]
 
 
@@ -30,10 +30,10 @@ def test_features_and_verify_commands(tmp_path, capsys):
     store = tmp_path / "store"
     assert main(["features", str(images), "--out", str(store)] + CLI) == 0
     out = capsys.readouterr().out
-    assert "images: 4  ok: 3  skipped: 1  computed: 4  resumed: 0" in out
+    assert "images: 4  ok: 3  skipped: 1  computed: 3  resumed: 0" in out
     assert "skipped broken:" in out
     fs = FeatureStore(store)
-    assert len(fs) == 3 and fs.config["backbone"] == "siglip2-tiny" and fs.config["pretrained"] == "random:0"
+    assert len(fs) == 3 and fs.config["backbone"] == "siglip2-tiny" and fs.config["weights"] == "random:3"
     target, rec = fs.get("p2")
     assert target.dtype == torch.float16 and tuple(target.shape) == (rec.image_hw[0] // 16,
                                                                      rec.image_hw[1] // 16, 64)
@@ -47,6 +47,9 @@ def test_features_and_verify_commands(tmp_path, capsys):
     shard.write_bytes(bytes(data))
     assert main(["verify", str(store)]) == 1
     assert "corrupt" in capsys.readouterr().out
+    assert main(["features", str(images), "--out", str(store)] + CLI) == 0  # repairs the chunk
+    assert "computed: 2  resumed: 2" in capsys.readouterr().out
+    assert main(["verify", str(store)]) == 0
 
 
 def test_real_teacher_targets_match_direct_call(tmp_path):
@@ -74,7 +77,9 @@ def test_real_teacher_targets_match_direct_call(tmp_path):
 @pytest.mark.parametrize("args,words", [
     (["--backbone", "no-such-net"], "unknown backbone"),
     (["--device", "tpu"], "device"),
-    (["--pretrained", "/no/such/weights.pt"], "not found"),
+    (["--weights", "/no/such/weights.pt"], "not found"),
+    (["--stride", "100"], "leaves gaps"),
+    (["--device", "cuda:7"], "device"),
 ])
 def test_bad_options_one_line_errors(tmp_path, capsys, args, words):
     images = _images(tmp_path / "img", n=1)
@@ -98,5 +103,5 @@ def test_help_lists_every_option(capsys):
         main(["features", "--help"])
     text = capsys.readouterr().out
     for option in ("--out", "--backbone", "--stride", "--augment", "--dtype", "--device",
-                   "--pretrained", "--seed", "--shard-size", "--limit", "--no-progress"):
+                   "--weights", "--max-pixels", "--seed", "--shard-size", "--limit", "--no-progress"):
         assert option in text

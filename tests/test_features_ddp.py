@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import torch
     from spar_fast.store import extract_features
-    from spar_fast.store.dist import dist_env
+    from spar_fast.teacher.extract_dist import dist_env
 
     class FakeBackbone:
         name, patch_size, window, feature_dim = "fake", 16, 64, 5

@@ -192,3 +192,40 @@ def test_list_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="empty"):
         list_images(tmp_path / "empty.txt")
+
+
+def test_special_files_refused_before_opening(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    (tmp_path / "dir.jpg").mkdir()
+    for name, kind in (("pipe.jpg", "a FIFO"), ("zero.png", "a character device"), ("dir.jpg", "a folder")):
+        with pytest.raises(ImageLoadError, match=f"not a regular file \\({kind}\\)"):
+            load_image(tmp_path / name)  # would block (FIFO) or never end (/dev/zero) if opened
+
+
+def test_header_size_is_upright_and_checked_before_decoding(tmp_path):
+    from spar_fast.data.images import read_image_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the decoded image is 40 x 16
+    Image.fromarray(_blocks(16, 40)).save(tmp_path / "r.jpg", exif=exif)
+    assert read_image_size(tmp_path / "r.jpg") == load_image(tmp_path / "r.jpg").shape[:2] == (40, 16)
+    with pytest.raises(ImageLoadError, match="exceeds the limit"):
+        load_image(tmp_path / "r.jpg", max_pixels=639)
+    assert load_image(tmp_path / "r.jpg", max_pixels=640).shape == (40, 16, 3)
+
+
+def test_undecodable_file_names_get_printable_ids(tmp_path):
+    import json
+    import os
+
+    name = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes: not UTF-8
+    Image.fromarray(_blocks()).save(tmp_path / name)
+    (item,) = list_images(tmp_path)
+    assert item.id == "caf\\xe9" and json.dumps(item.id).encode("utf-8")
+    assert load_image(item.path).shape == (24, 40, 3)  # the file is read through its real name
+    (tmp_path / "list.txt").write_bytes(b"caf\xe9.png\n")  # a list file in latin-1
+    (listed,) = list_images(tmp_path / "list.txt")
+    assert listed.id == "caf\\xe9" and load_image(listed.path).shape == (24, 40, 3)

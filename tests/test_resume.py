@@ -27,13 +27,21 @@ def _cmd(store, run):
             "--device", "cpu", "--quiet"]
 
 
+def _saved_step(run):
+    try:
+        with open(os.path.join(run, ckpt.STATE_FILE)) as f:
+            return json.load(f)["state"]["global_step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _wait_for_checkpoint(proc, run, after_step, timeout=240):
     """Block until the run's state file records a step > ``after_step`` (or the process ends)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        state = ckpt.load_checkpoint(run) if os.path.exists(os.path.join(run, ckpt.STATE_FILE)) else None
-        if state is not None and state["global_step"] > after_step:
-            return state["global_step"]
+        step = _saved_step(run)  # read without the pair check: the trainer prunes files meanwhile
+        if step is not None and step > after_step:
+            return step
         time.sleep(0.02)
     return None
 
@@ -79,14 +87,14 @@ def test_crash_between_weights_and_state_keeps_a_consistent_pair(tmp_path, monke
     first = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         model.weight.add_(1.0)
-    real = ckpt.atomic_write_with
+    real = ckpt.atomic_write
 
-    def crash_on_state(path, write):
+    def crash_on_state(path, data):
         if path.endswith(ckpt.STATE_FILE):
             raise KeyboardInterrupt  # the process dies before the state file is replaced
-        real(path, write)
+        real(path, data)
 
-    monkeypatch.setattr(ckpt, "atomic_write_with", crash_on_state)
+    monkeypatch.setattr(ckpt, "atomic_write", crash_on_state)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(run, model, {"global_step": 2, "tag": "second"})
     state = ckpt.load_checkpoint(run)

@@ -120,7 +120,8 @@ def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
     assert set(records[0]) == {"step", "epoch", "loss", "lr", "images_per_s", "tokens"}
     assert records[0]["lr"] == pytest.approx(5e-5)  # warmup 1/2
     assert (run / "loss.png").stat().st_size > 0
-    assert sorted(p.name for p in run.iterdir() if p.suffix == ".safetensors") == ["final.safetensors"]
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".safetensors") == ["final.safetensors",
+                                                                                "state-final.safetensors"]
     model = open_clip.create_model(registry.resolve("siglip2-tiny").open_clip_name, pretrained=None)
     model.load_state_dict(load_file(final), strict=True)
     # a second call finds the finished run and returns it without training

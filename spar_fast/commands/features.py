@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.images import DEFAULT_MAX_PIXELS
 from ..errors import UserError
 
 _SHOW_SKIPPED = 20  # skipped images listed one per line in the summary; the rest are counted
@@ -38,10 +39,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="STORE", help="feature store folder to create or resume")
     p.add_argument("--backbone", default="siglip2-b16-512",
                    help="teacher backbone name (default: %(default)s)")
-    p.add_argument("--pretrained", default=None, metavar="PATH|none",
-                   help="weights: a checkpoint path, or 'none' for random init "
-                        "(default: the backbone's published weights)")
-    p.add_argument("--stride", type=_positive, default=24, help="window stride in pixels (default: 24)")
+    p.add_argument("--weights", default="hub", metavar="hub|random[:SEED]|PATH",
+                   help="teacher weights: the published ones (hub), a seeded random init, or a "
+                        "weights file; recorded in the store so `train` rebuilds the same teacher "
+                        "(default: %(default)s)")
+    p.add_argument("--stride", type=_positive, default=24,
+                   help="window stride in pixels, at most the window, a multiple of patch/4 "
+                        "(default: %(default)s)")
     p.add_argument("--augment", choices=("default", "extended", "none"), default="default",
                    help="SPAR augmentation: default (scale 2048x1024, rho in [0.5,1]), extended "
                         "(2560x2560, rho in [0.2,1]) or none (only resized to multiples of 16, "
@@ -55,17 +59,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shard-size", type=_positive, default=32, dest="shard_size",
                    help="images per shard file (default: 32)")
     p.add_argument("--limit", type=_positive, default=None, help="process only the first N images")
+    p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, dest="max_pixels",
+                   help="skip images whose source or augmented size exceeds N pixels, checked "
+                        "from the file header before decoding (default: %(default)s)")
     p.add_argument("--no-progress", action="store_false", dest="progress",
                    help="no progress bar")
     p.set_defaults(run=run)
-
-
-def _pretrained(value):
-    if value is None:
-        return True
-    if value.lower() == "none":
-        return False
-    return value
 
 
 def _size(n: int) -> str:
@@ -91,16 +90,15 @@ def format_summary(s: dict) -> str:
 
 
 def run(args) -> int:
-    from ..store import extract_features
-    from ..store.dist import dist_env
+    from ..teacher.extract import extract_features
+    from ..teacher.extract_dist import dist_env
 
     if not args.out:
         raise UserError("--out must name a folder")
-    summary = extract_features(args.images, args.out, backbone=args.backbone,
-                               pretrained=_pretrained(args.pretrained), stride=args.stride,
-                               augment=args.augment, dtype=args.dtype, device=args.device,
-                               seed=args.seed, shard_size=args.shard_size, limit=args.limit,
-                               progress=args.progress)
+    summary = extract_features(args.images, args.out, backbone=args.backbone, weights=args.weights,
+                               stride=args.stride, augment=args.augment, dtype=args.dtype,
+                               device=args.device, seed=args.seed, shard_size=args.shard_size,
+                               limit=args.limit, max_pixels=args.max_pixels, progress=args.progress)
     if dist_env()[0] == 0:
         print(format_summary(summary))
     return 0

@@ -16,8 +16,16 @@
   applied). Multi-frame files (GIF, TIFF) give their first frame.
 
 Files that cannot be decoded completely raise :class:`ImageLoadError` (a ``UserError``) with a
-one-line reason: missing, empty, not an image, truncated, corrupt, or too large. Pillow's
-``LOAD_TRUNCATED_IMAGES`` is left False so truncation is detected by ``load()``.
+one-line reason: missing, not a regular file, empty, not an image, truncated, corrupt, or too
+large. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False so truncation is detected by ``load()``.
+
+Bounded resources: only regular files are opened (a FIFO or a link to ``/dev/zero`` is refused
+from its ``stat``, before any read, so nothing blocks), and the pixel count is read from the
+header (:func:`read_image_size`, no decoding) and checked against ``max_pixels`` before the
+pixels are decoded. :func:`check_image_size` is the one refusal rule for every stage: an image
+(source or model input) may hold at most ``DEFAULT_MAX_PIXELS`` = 2**25 pixels (33.5 M: a
+33-megapixel photo, a 4096x8192 image; 131k tokens of 16 px; 400 MB as float32 RGB) unless the
+caller raises it (``--max-pixels``), and each side must reach the model's minimum.
 
 :func:`list_images` turns a directory, a list file or a list of paths into ``ImageItem(id, path)``
 with stable ids (see there).
@@ -25,6 +33,7 @@ with stable ids (see there).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -37,8 +46,79 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".
                     ".gif", ".ppm", ".pgm", ".pbm", ".pnm")
 
 
+DEFAULT_MAX_PIXELS = 1 << 25
+_ORIENTATION_TAG = 0x0112  # EXIF orientation; values 5-8 swap height and width
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 class ImageLoadError(UserError):
-    """An image file that cannot be decoded into RGB (message: one line with path and reason)."""
+    """An image file that cannot be decoded into RGB (message: one line with path and reason;
+    undecodable file-name bytes spelled ``\\xNN`` so the message can always be printed)."""
+
+    def __init__(self, message: str):
+        super().__init__(printable_id(message))
+
+
+def check_image_size(hw, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_side: int = 1,
+                     what: str = "image") -> None:
+    """Refuse (one-line ``UserError``) an image of ``hw = (H, W)`` with more than ``max_pixels``
+    pixels (``None``: no limit) or a side below ``min_side`` (e.g. the patch size after the
+    resize a stage applies). ``what`` names the image in the message."""
+    h, w = int(hw[0]), int(hw[1])
+    if max_pixels is not None and h * w > max_pixels:
+        raise UserError(f"{what} of {h}x{w} = {h * w / 1e6:.1f} M pixels exceeds the limit of "
+                        f"{max_pixels / 1e6:.1f} M pixels (raise it with --max-pixels)")
+    if min(h, w) < min_side:
+        raise UserError(f"{what} of {h}x{w} has a side below {min_side} pixels")
+
+
+def regular_file(path: str) -> os.stat_result:
+    """``os.stat(path)`` of a non-empty regular file (links followed), else ``ImageLoadError``.
+
+    Never opens the file, so a FIFO or a device cannot block or stream forever."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc.strerror})"
+        raise ImageLoadError(f"{path}: {reason}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise ImageLoadError(f"{path}: not a regular file ({kind})")
+    if st.st_size == 0:
+        raise ImageLoadError(f"{path}: empty file")
+    return st
+
+
+def _open_error(path: str, exc: BaseException) -> ImageLoadError:
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageLoadError(f"{path}: not an image file Pillow can read")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageLoadError(f"{path}: image too large ({exc})")
+    reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    kind = "truncated" if "truncated" in reason.lower() else "corrupt"
+    return ImageLoadError(f"{path}: {kind} image ({reason})")
+
+
+_OPEN_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+                ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of the upright image from its header only (no pixel is decoded): the size
+    :func:`load_image` returns. Raises ``ImageLoadError`` like :func:`load_image`."""
+    path = os.fspath(path)
+    regular_file(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+            except Exception:  # malformed EXIF: load_image keeps the stored orientation too
+                orientation = 1
+    except _OPEN_ERRORS as exc:
+        raise _open_error(path, exc) from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 class ImageItem(NamedTuple):
@@ -82,30 +162,26 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as upright RGB.
 
-    Returns ``uint8 [H, W, 3]`` (C-contiguous, writable). Raises :class:`ImageLoadError` for anything that
-    does not decode completely.
+    Returns ``uint8 [H, W, 3]`` (C-contiguous, writable). Raises :class:`ImageLoadError` for
+    anything that is not a regular file, has more than ``max_pixels`` pixels in its header
+    (checked before decoding; ``None``: no limit) or does not decode completely.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageLoadError(f"{path}: file not found")
-    if os.path.getsize(path) == 0:
-        raise ImageLoadError(f"{path}: empty file")
+    hw = read_image_size(path)
+    try:
+        check_image_size(hw, max_pixels)
+    except UserError as exc:
+        raise ImageLoadError(f"{path}: {exc}") from None
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as img:
             img.load()
             rgb = _to_rgb(_upright(img))
-    except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file Pillow can read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: image too large ({exc})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-        kind = "truncated" if "truncated" in reason.lower() else "corrupt"
-        raise ImageLoadError(f"{path}: {kind} image ({reason})") from None
+    except _OPEN_ERRORS as exc:
+        raise _open_error(path, exc) from None
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageLoadError(f"{path}: unexpected decoded shape {rgb.shape}")
     return rgb if rgb.flags.c_contiguous and rgb.flags.writeable else np.array(rgb, order="C")
@@ -113,6 +189,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def printable_id(text: str) -> str:
+    """``text`` with undecodable file-name bytes (``os.fsdecode`` surrogates) spelled ``\\xNN``,
+    so ids are valid UTF-8 in JSON, safetensors keys and messages; other text is unchanged."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
 def _strip_ext(rel: str) -> str:
@@ -143,7 +229,7 @@ def _from_directory(root: Path) -> list[ImageItem]:
         for name in filenames:
             if _is_image_name(name):
                 full = os.path.join(dirpath, name)
-                rel = Path(os.path.relpath(full, root)).as_posix()
+                rel = printable_id(Path(os.path.relpath(full, root)).as_posix())
                 pairs.append((_strip_ext(rel), rel, full))
     pairs.sort(key=lambda p: p[1])
     if not pairs:
@@ -159,11 +245,11 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
         if isinstance(entry, (tuple, list)):
             if len(entry) != 2:
                 raise UserError(f"image list entry {entry!r} is not (id, path)")
-            image_id, path = str(entry[0]), os.fspath(entry[1])
+            image_id, path = printable_id(str(entry[0])), os.fspath(entry[1])
             full_id = image_id
         else:
             path = os.fspath(entry)
-            written = Path(os.path.normpath(path)).as_posix()
+            written = printable_id(Path(os.path.normpath(path)).as_posix())
             image_id, full_id = _strip_ext(written), written
         if base is not None and not os.path.isabs(path):
             path = os.path.join(base, path)
@@ -176,7 +262,8 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
 def _read_list_file(path: Path) -> list:
     """One image per line: ``path`` or ``path<TAB>id``; blank lines and ``#`` comments skipped."""
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # undecodable bytes stay as os.fsdecode spells them, so such paths still open
+    for line in path.read_bytes().decode("utf-8", "surrogateescape").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -201,7 +288,8 @@ def list_images(source) -> list[ImageItem]:
     * a Python list of paths or ``(id, path)`` pairs, handled like the lines of a list file
       (relative paths against the current directory).
 
-    Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension. Listed files are
+    Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension; bytes of names
+    that are not UTF-8 appear in ids as ``\\xNN`` (:func:`printable_id`). Listed files are
     not opened here: unreadable ones are reported when loaded. Raises ``UserError`` for a missing
     source, an empty list or a duplicated id.
     """

@@ -1,5 +1,7 @@
-"""Feature store: safetensors shards of teacher targets with JSON indexes, the extraction job
-(``spar-fast features``) and the consistency check (``spar-fast verify``).
+"""Feature store: safetensors shards of teacher targets with JSON indexes and a manifest
+(``layout``), the writer, the reader (every target checked as it is read), the consistency
+check (``spar-fast verify``) and the in-place upgrade of format-1 stores. The extraction job lives in :mod:`spar_fast.teacher.extract`
+(``extract_features`` is re-exported here, imported on first use).
 
 Stored precision (``dtype``), measured on the stitched 512x512 output of the real SigLIP2 B/16
 architecture (random init, a real photo; |y| <= 1.9): fp16 max abs error 4.9e-4, relative L2
@@ -7,9 +9,15 @@ architecture (random init, a real photo; |y| <= 1.9): fp16 max abs error 4.9e-4,
 cosine 0.9999983. fp16 (the default) is 8x more precise at the same size; values beyond its range
 (65504) stop the job with a hint to use bf16 or fp32.
 """
-from .job import extract_features
-from .reader import FeatureStore
+from .reader import CorruptStoreError, FeatureStore
 from .records import StoreRecord
 from .verify import verify
 
-__all__ = ["FeatureStore", "StoreRecord", "extract_features", "verify"]
+__all__ = ["CorruptStoreError", "FeatureStore", "StoreRecord", "extract_features", "verify"]
+
+
+def __getattr__(name: str):
+    if name == "extract_features":  # lazy: the job imports the teacher, which imports nothing of ours
+        from ..teacher.extract import extract_features
+        return extract_features
+    raise AttributeError(f"module 'spar_fast.store' has no attribute {name!r}")

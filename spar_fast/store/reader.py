@@ -1,72 +1,87 @@
-"""Reading a feature store: merged shard indexes, lazy (memory-mapped) target reads."""
+"""Reading a feature store: the manifest's chunks, checked; every target verified as it is read."""
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 from collections import OrderedDict
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from ..data.augment import apply_augment
-from ..data.images import load_image
+from ..data.images import load_image, printable_id
 from ..errors import UserError
+from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, tensor_digest
 from .records import StoreRecord
-from ..atomic import atomic_write
-from .shards import (CONFIG_NAME, FORMAT, SHARD_DIR, chunk_name, file_sha256,
-                     json_bytes, read_json)
+from .writer import read_manifest
+
+_REPAIR = "rerun `spar-fast features` with the store's options to recompute it"
 
 
-def write_chunk(shard_dir: str, rank: int, chunk: int, records: list[StoreRecord],
-                tensors: dict[str, torch.Tensor]) -> dict:
-    """Write one chunk: the safetensors shard, then its index (both atomic). Returns the index.
-
-    ``tensors``: key -> target ``[h, w, C]`` in the stored dtype, on the CPU.
-    """
-    stem = chunk_name(rank, chunk)
-    data = safetensors_save({k: v.contiguous() for k, v in tensors.items()},
-                            metadata={"format": FORMAT})
-    atomic_write(os.path.join(shard_dir, stem + ".safetensors"), data)
-    index = {"format": FORMAT, "rank": rank, "chunk": chunk, "shard": stem + ".safetensors",
-             "shard_bytes": len(data), "shard_sha256": hashlib.sha256(data).hexdigest(),
-             "records": [r.to_dict() for r in records]}
-    atomic_write(os.path.join(shard_dir, stem + ".json"), json_bytes(index))
-    return index
+class CorruptStoreError(UserError):
+    """A target or index of a feature store does not match its checksum or its manifest."""
 
 
-def load_indexes(path: str) -> list[dict]:
-    """All parseable chunk indexes of the store at ``path``, in file-name order."""
-    out = []
-    for f in sorted(glob.glob(os.path.join(path, SHARD_DIR, "r*-*.json"))):
-        index = read_json(f)
-        if isinstance(index, dict) and index.get("format") == FORMAT:
-            index["_path"] = f
-            out.append(index)
-    return out
+def source_changed(rec: StoreRecord) -> str | None:
+    """Why the source image of ``rec`` no longer is the file its target was computed from, or
+    ``None``. Fast path: size and mtime as recorded; the checksum is read only when they differ."""
+    try:
+        st = os.stat(rec.source)
+    except OSError:
+        return "source image missing"
+    if st.st_size == rec.source_bytes and st.st_mtime_ns == rec.source_mtime_ns:
+        return None
+    if st.st_size != rec.source_bytes or file_digest(rec.source) != rec.source_checksum:
+        return "source image changed since extraction"
+    return None
 
 
 class FeatureStore:
-    """A finished (or partial) feature store, merged over all ranks and chunks.
+    """A feature store, merged over all ranks and chunks.
 
-    ``records``: ok records sorted by their position in the image list; ``skipped``: skipped
-    records (with ``reason``); ``config``: the run config from ``store.json``.
-    ``get(image_id) -> (target [h, w, C] in the stored dtype, record)`` reads lazily through
-    ``safetensors.safe_open`` (memory-mapped), keeping a few shard handles open.
+    ``records``: ok records sorted by their index; ``skipped``: skipped records (with
+    ``reason``); ``config``: ``store.json``; ``missing``: manifest chunks without a complete
+    index. Opening refuses (``CorruptStoreError``, one line) a store whose indexes do not hold
+    every image its manifest lists, unless ``partial=True`` (then ``records`` holds what is
+    there). ``get(image_id) -> (target [h, w, C] stored dtype, record)`` reads lazily through
+    ``safetensors.safe_open`` (memory-mapped, a few shard handles kept open) and checks the
+    target's XXH3-128 checksum, shape and dtype against its record on every read
+    (``verify_reads=False`` skips the checksum).
     """
 
     _MAX_OPEN = 8  # open shard handles kept (each holds one mmap); enough for sequential reads
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, partial: bool = False, verify_reads: bool = True):
         self.path = os.fspath(path)
+        self.verify_reads = verify_reads
         self.config = read_json(os.path.join(self.path, CONFIG_NAME))
         if not isinstance(self.config, dict):
             raise UserError(f"{self.path}: not a feature store (missing or unreadable {CONFIG_NAME})")
-        records, skipped = [], []
-        for index in load_indexes(self.path):
-            for rec in map(StoreRecord.from_dict, index.get("records", [])):
+        if self.config.get("format") != FORMAT:
+            raise UserError(f"{self.path}: feature store format {self.config.get('format')!r}; "
+                            "rerun `spar-fast features` with its options once to upgrade it")
+        chunks = read_manifest(self.path)
+        if chunks is None:
+            raise CorruptStoreError(f"{self.path}: unreadable manifest; {_REPAIR}")
+        records, skipped, self.missing = [], [], []
+        for chunk in chunks:
+            index = read_json(os.path.join(self.path, SHARD_DIR, chunk["name"] + ".json"))
+            ids = [entry[0] for entry in chunk["items"]]
+            if not isinstance(index, dict) or [r.get("image_id") for r in index.get("records", [])] != ids:
+                self.missing.append(chunk["name"])
+                continue
+            for rec in map(StoreRecord.from_dict, index["records"]):
                 (records if rec.ok else skipped).append(rec)
+        wanted = sum(len(c["items"]) for c in chunks)
+        if not wanted:
+            raise CorruptStoreError(f"{self.path}: unfinished store without images yet; rerun "
+                                    "`spar-fast features` to fill it")
+        if self.missing and not partial:
+            held = len(records) + len(skipped)
+            shown = ", ".join(self.missing[:3]) + (" ..." if len(self.missing) > 3 else "")
+            raise CorruptStoreError(
+                f"{self.path}: holds {held} of the {wanted} images its manifest lists "
+                f"(chunks without a valid index: {shown or 'all'}); {_REPAIR}, or read the "
+                "images it holds with partial=True (train --allow-partial)")
         self.records = sorted(records, key=lambda r: r.index)
         self.skipped = sorted(skipped, key=lambda r: r.index)
         self._by_id = {r.image_id: r for r in self.records}
@@ -98,17 +113,30 @@ class FeatureStore:
         return handle
 
     def get(self, image_id: str) -> tuple[torch.Tensor, StoreRecord]:
-        """``(target [h, w, C] stored dtype, record)`` for one ok image."""
+        """``(target [h, w, C] stored dtype, record)`` for one ok image, verified."""
         rec = self.record(image_id)
-        return self._handle(rec.shard).get_tensor(rec.key), rec
+        where = f"{self.path}: target of image {image_id!r} in shard {rec.shard}"
+        try:
+            target = self._handle(rec.shard).get_tensor(rec.key)
+        except Exception as exc:  # missing file, bad header, truncated data (safetensors / OS)
+            first = (str(exc).splitlines() or [exc.__class__.__name__])[0][:100]
+            raise CorruptStoreError(f"{where} is unreadable ({first}); {_REPAIR}") from None
+        want = (*rec.grid_hw, rec.channels)
+        if tuple(target.shape) != want or target.dtype != DTYPES.get(rec.dtype):
+            raise CorruptStoreError(f"{where} is {target.dtype} {list(target.shape)}, its index "
+                                    f"says {rec.dtype} {list(want)}; {_REPAIR}")
+        if self.verify_reads and tensor_digest(target) != rec.checksum:
+            raise CorruptStoreError(f"{where} is corrupt (checksum mismatch); {_REPAIR}")
+        return target, rec
 
     def input_image(self, image_id: str, check_source: bool = True) -> torch.Tensor:
         """The augmented input the target was computed from: float32 ``[3, H, W]`` in [0, 1]
         (not normalized), rebuilt from the source file and the stored augmentation parameters.
-        With ``check_source``, a source file changed since extraction raises ``UserError``."""
+        With ``check_source`` (a ``stat`` per call; the file is hashed only when its size or
+        mtime changed), a source changed since extraction raises a one-line ``UserError``."""
         rec = self.record(image_id)
-        if not os.path.isfile(rec.source):
-            raise UserError(f"{rec.source}: source image of {image_id!r} not found")
-        if check_source and rec.source_sha256 != file_sha256(rec.source):
-            raise UserError(f"{rec.source}: changed since its target was extracted")
-        return apply_augment(load_image(rec.source), rec.augment)
+        problem = source_changed(rec) if check_source else None
+        if problem:
+            raise UserError(f"{self.path}: {problem} for {image_id!r} ({printable_id(rec.source)}); "
+                            "re-extract it with `spar-fast features`")
+        return apply_augment(load_image(rec.source, max_pixels=None), rec.augment)

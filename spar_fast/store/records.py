@@ -9,15 +9,18 @@ from ..data.augment import AugmentParams
 @dataclass(frozen=True)
 class StoreRecord:
     """An image of the store. ``status`` "ok": its target ``[grid_hw[0], grid_hw[1], channels]``
-    in ``dtype`` is tensor ``key`` of shard file ``shard`` (``sha256`` of its bytes), computed from
-    the image ``source`` (``source_sha256``) augmented by ``augment`` to ``image_hw``. ``status``
-    "skipped": ``reason`` says why; the target fields are ``None``. ``index``: position in the full
-    image list (the order of ``FeatureStore.records``)."""
+    in ``dtype`` is tensor ``key`` of shard file ``shard`` (``checksum``: XXH3-128 of its bytes),
+    computed from the image ``source`` (``source_bytes``, ``source_mtime_ns``,
+    ``source_checksum`` when extracted) augmented by ``augment`` to ``image_hw``. ``status``
+    "skipped": ``reason`` says why; the target fields are ``None``. ``index``: position in the
+    store (the order of ``FeatureStore.records``; images appended later come after)."""
     image_id: str
     index: int
     source: str
     status: str
-    source_sha256: str | None = None
+    source_checksum: str | None = None
+    source_bytes: int | None = None
+    source_mtime_ns: int | None = None
     reason: str | None = None
     augment: AugmentParams | None = None
     image_hw: tuple[int, int] | None = None
@@ -26,7 +29,7 @@ class StoreRecord:
     dtype: str | None = None
     shard: str | None = None
     key: str | None = None
-    sha256: str | None = None
+    checksum: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,8 +55,10 @@ class StoreRecord:
             return tuple(int(x) for x in v) if v is not None else None
         augment = d.get("augment")
         return cls(image_id=d["image_id"], index=int(d["index"]), source=d["source"],
-                   status=d["status"], source_sha256=d.get("source_sha256"), reason=d.get("reason"),
+                   status=d["status"], source_checksum=d.get("source_checksum"),
+                   source_bytes=d.get("source_bytes"), source_mtime_ns=d.get("source_mtime_ns"),
+                   reason=d.get("reason"),
                    augment=AugmentParams.from_dict(augment) if augment is not None else None,
                    image_hw=pair(d.get("image_hw")), grid_hw=pair(d.get("grid_hw")),
                    channels=d.get("channels"), dtype=d.get("dtype"), shard=d.get("shard"),
-                   key=d.get("key"), sha256=d.get("sha256"))
+                   key=d.get("key"), checksum=d.get("checksum"))

@@ -1,34 +1,54 @@
-"""Checkpoints: the full open_clip state dict as safetensors + a trainer state file, atomically.
+"""Checkpoints: weights and trainer state as safetensors + JSON (no pickle), atomically.
 
 Layout in a run directory:
 
-* ``weights-<step>.safetensors`` — the latest periodic weights (older ones are deleted once the
-  state file points past them);
+* ``weights-<step>.safetensors`` — the latest periodic weights (the full open_clip state dict);
 * ``final.safetensors`` — the weights after the last step (replaces the periodic file);
-* ``trainer_state.pt`` — optimizer, grad scaler, step / epoch / position in the epoch, RNG
-  states, run settings, and the NAME of the weights file it belongs to.
+* ``state-<step>.safetensors`` / ``state-final.safetensors`` — every tensor of the trainer state:
+  optimizer moments and steps, RNG states (torch, CUDA, numpy's MT19937 key, Python's
+  ``random`` state as int64 tensors);
+* ``trainer_state.json`` — everything else (step / epoch / position, settings, optimizer
+  hyperparameters, grad-scaler numbers), the tree with ``{"__tensor__": key}`` where a tensor
+  was, and the names, sizes and xxh3-128 checksums of the weights and state files it belongs to.
 
-Every file is written to a temporary name, fsynced, then ``os.replace``d. The weights file is
-written first under a new name and the state file last, so after a kill at any point the state
-file names a complete weights file of the same step (a consistent pair).
+Nothing is unpickled: a file can hold only numbers, text and tensors, so no file can run code.
+Write order: weights, tensor state, then the JSON (its ``os.replace`` is the commit point); so
+after a kill at any point the JSON names a complete pair of the same step. Superseded
+``weights-*`` / ``state-*`` files and temporary files are removed after each commit and when a
+run is opened (:func:`run_lock`). A ``trainer_state.pt`` of an older version is read only with
+``torch.load(weights_only=True)`` (tensors, plain containers and numpy arrays; any other object
+is refused), so such a run still resumes.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_with
-from ..backbones.weights import load_weights, save_weights
+from ..atomic import atomic_write, atomic_write_with, remove_temp_files
+from ..backbones.weights import load_weights, save_weights  # noqa: F401  (re-exported for callers)
+from ..errors import UserError
+from ..lock import exclusive_lock
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = "trainer_state.json"
+LEGACY_STATE_FILE = "trainer_state.pt"
 FINAL_WEIGHTS = "final.safetensors"
+_PERIODIC = ("weights-", "state-")
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG the loop draws from, as tensors (and two small ints for numpy's position)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -36,32 +56,173 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["gauss"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    else:  # legacy trainer_state.pt
+        np.random.set_state(n)
+        random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False) -> str:
-    """Write weights then the state file (``state`` gains ``weights``); prune older weights.
+def _encode(obj, tensors: dict, path: str):
+    """JSON-able tree of ``obj``; tensors move to ``tensors`` under their tree path."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[_encode(k, tensors, f"{path}.k{i}"), _encode(v, tensors, f"{path}.{i}")]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {path} in a checkpoint")
 
-    Returns the weights path."""
-    name = FINAL_WEIGHTS if final else f"weights-{state['global_step']:08d}.safetensors"
-    path = os.path.join(run_dir, name)
-    save_weights(model, path, metadata={"global_step": str(state["global_step"])})
-    state = dict(state, weights=name, rng=rng_state())
-    atomic_write_with(os.path.join(run_dir, STATE_FILE), lambda tmp: torch.save(state, tmp))
+
+def _decode(obj, tensors: dict):
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _file_entry(run_dir: str, name: str) -> dict:
+    from ..store.layout import file_digest
+
+    full = os.path.join(run_dir, name)
+    return {"name": name, "bytes": os.path.getsize(full), "xxh3_128": file_digest(full)}
+
+
+def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False) -> str:
+    """Write weights, the tensor state, then ``trainer_state.json``; prune superseded files.
+
+    ``state``: the trainer state (nested dicts / lists / tuples of tensors, numbers, strings;
+    must hold ``global_step``). Returns the weights path."""
+    from safetensors.torch import save_file
+
+    tag = "final" if final else f"{state['global_step']:08d}"
+    name = FINAL_WEIGHTS if final else f"weights-{tag}.safetensors"
+    state_name = f"state-{tag}.safetensors"
+    save_weights(model, os.path.join(run_dir, name), metadata={"global_step": str(state["global_step"])})
+    tensors: dict = {}
+    tree = _encode(dict(state, rng=rng_state()), tensors, "s")
+    atomic_write_with(os.path.join(run_dir, state_name), lambda tmp: save_file(tensors, tmp))
+    doc = {"format": "spar_fast.trainer_state/1", "state": tree,
+           "weights": _file_entry(run_dir, name), "tensors": _file_entry(run_dir, state_name)}
+    atomic_write(os.path.join(run_dir, STATE_FILE), (json.dumps(doc, indent=1) + "\n").encode())
+    prune(run_dir, keep={name, state_name})
+    return os.path.join(run_dir, name)
+
+
+def prune(run_dir: str, keep: set[str]) -> None:
+    """Remove superseded periodic files (``weights-*``, ``state-*`` not in ``keep``), the legacy
+    pickle state once a JSON state exists, and temporary files of interrupted writes."""
     for other in os.listdir(run_dir):
-        if other.startswith("weights-") and other.endswith(".safetensors") and other != name:
+        if other.startswith(_PERIODIC) and other.endswith(".safetensors") and other not in keep:
             os.remove(os.path.join(run_dir, other))
-    return path
+    if keep and os.path.exists(os.path.join(run_dir, LEGACY_STATE_FILE)):
+        os.remove(os.path.join(run_dir, LEGACY_STATE_FILE))
+    remove_temp_files(run_dir)
+
+
+def _check_entry(run_dir: str, entry, what: str) -> str:
+    from ..store.layout import file_digest
+
+    full = os.path.join(run_dir, str(entry.get("name", "")) if isinstance(entry, dict) else "")
+    if not isinstance(entry, dict) or os.path.dirname(str(entry.get("name", ""))) or not os.path.isfile(full):
+        raise UserError(f"{run_dir}/{STATE_FILE}: its {what} file is missing; start the run over "
+                        "in a new --out folder")
+    if os.path.getsize(full) != entry.get("bytes") or file_digest(full) != entry.get("xxh3_128"):
+        raise UserError(f"{full}: corrupt (size or checksum differs from {STATE_FILE}); start the "
+                        "run over in a new --out folder")
+    return full
+
+
+def _load_json_state(run_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    path = os.path.join(run_dir, STATE_FILE)
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+        tree = doc["state"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable trainer state ({exc.__class__.__name__}); start the "
+                        "run over in a new --out folder") from None
+    weights = _check_entry(run_dir, doc.get("weights"), "weights")
+    tensors_path = _check_entry(run_dir, doc.get("tensors"), "tensor state")
+    try:
+        state = _decode(tree, load_file(tensors_path, device="cpu"))
+    except Exception as exc:  # a malformed tree or tensor file
+        raise UserError(f"{tensors_path}: unreadable trainer state ({exc.__class__.__name__})") from None
+    state["weights"] = weights
+    return state
+
+
+def _load_legacy_state(run_dir: str) -> dict:
+    path = os.path.join(run_dir, LEGACY_STATE_FILE)
+    # numpy's RNG state is a uint32 array: allow exactly the globals that rebuild plain arrays
+    arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.zeros(1).__reduce__()[0]]
+    try:
+        with torch.serialization.safe_globals(arrays):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        weights = os.path.join(run_dir, os.path.basename(state["weights"]))
+    except Exception as exc:  # refused global (possible code), truncated file, wrong content
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{path}: refused ({exc.__class__.__name__}: {first[:120]}); it is not "
+                        "loaded because it could run code or is damaged; start the run over in "
+                        "a new --out folder") from None
+    if not os.path.isfile(weights):
+        raise UserError(f"{path}: names weights {weights}, which is missing")
+    state["weights"] = weights
+    return state
 
 
 def load_checkpoint(run_dir: str) -> dict | None:
-    """The saved trainer state of ``run_dir`` (with ``weights`` as a full path), or ``None``."""
-    path = os.path.join(run_dir, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    state["weights"] = os.path.join(run_dir, state["weights"])
-    return state
+    """The saved trainer state of ``run_dir`` (``weights``: the weights file's full path), or
+    ``None`` when the folder holds no state. Damaged or refused files raise a one-line
+    ``UserError``."""
+    if os.path.exists(os.path.join(run_dir, STATE_FILE)):
+        return _load_json_state(run_dir)
+    if os.path.exists(os.path.join(run_dir, LEGACY_STATE_FILE)):
+        return _load_legacy_state(run_dir)
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str, writer: bool = True):
+    """Hold the run directory's writer lock (``writer``: the process that saves checkpoints;
+    others pass False and take nothing). On entry, temporary files and periodic files the
+    state does not name are removed."""
+    if not writer:
+        yield
+        return
+    with exclusive_lock(run_dir, "training run"):
+        keep = set()
+        try:
+            with open(os.path.join(run_dir, STATE_FILE), "rb") as f:
+                doc = json.loads(f.read())
+            keep = {doc["weights"]["name"], doc["tensors"]["name"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no (readable) JSON state: keep every periodic file for load_checkpoint to judge
+        if keep:
+            prune(run_dir, keep)
+        else:
+            remove_temp_files(run_dir)
+        yield

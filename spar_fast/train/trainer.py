@@ -75,7 +75,8 @@ def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrid
     check_output_dir(out_dir)
     rank, world, device, created = init_from_env(cfg.device)
     try:
-        return _run(rank, world, device, store, out_dir, cfg)
+        with ckpt.run_lock(out_dir, writer=rank == 0):
+            return _run(rank, world, device, store, out_dir, cfg)
     finally:
         if created:
             torch.distributed.destroy_process_group()

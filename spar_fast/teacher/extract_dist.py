@@ -1,16 +1,15 @@
 """torchrun support for the features job: rank / world from the environment, a gloo group.
 
 The job needs no collective on tensors: each rank writes its own shard files. A process group is
-created only when ``WORLD_SIZE > 1``, only for the final barrier and the exchange of the small
-per-rank summaries, always with gloo (CPU objects, works on every machine and across nodes), and
-with a long timeout because ranks may finish hours apart on unbalanced image sizes.
+created only when ``WORLD_SIZE > 1``, only for the store-lock agreement, the final barrier and
+the exchange of the small per-rank summaries, always with gloo (CPU objects, works on every
+machine and across nodes), and with a long timeout because ranks may finish hours apart on unbalanced image sizes.
 """
 from __future__ import annotations
 
 import os
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from ..errors import UserError
@@ -31,34 +30,21 @@ def dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def resolve_device(device, local_rank: int, world: int) -> torch.device:
-    """``None`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. ``"cuda"`` under torchrun
-    -> ``cuda:LOCAL_RANK``. Raises ``UserError`` for a malformed or unavailable device."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"bad device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-        if device.index >= torch.cuda.device_count():
-            raise UserError(f"device {device}: only {torch.cuda.device_count()} CUDA devices")
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise UserError(f"unsupported device {device}; use cpu, cuda or cuda:N")
-    return device
-
-
 def join_group(world: int) -> bool:
     """Join the torchrun process group when ``world > 1``; True when this call created it."""
     if world <= 1 or dist.is_initialized():
         return False
     dist.init_process_group("gloo", timeout=_TIMEOUT)
     return True
+
+
+def all_agree(ok: bool, world: int) -> bool:
+    """True when ``ok`` holds on every rank (a barrier when ``world > 1``)."""
+    if world <= 1:
+        return ok
+    flags: list = [None] * world
+    dist.all_gather_object(flags, bool(ok))
+    return all(flags)
 
 
 def gather_summaries(summary: dict, world: int) -> list[dict]:

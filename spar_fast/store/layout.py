@@ -1,0 +1,103 @@
+"""On-disk layout of a feature store.
+
+::
+
+    STORE/store.json       settings that define the targets (created once, never rewritten)
+    STORE/manifest.json    every chunk the store is meant to hold: name, rank, (id, source, index)
+                           of each image; rewritten atomically when a run appends images
+    STORE/.lock            writer lock (spar_fast.lock)
+    STORE/shards/r{rank:03d}-{chunk:06d}.safetensors   targets of one chunk, one tensor per image
+    STORE/shards/r{rank:03d}-{chunk:06d}.json          the chunk's index (written last)
+
+A chunk is done exactly when its index parses, lists the manifest's ids for it and its shard file
+has the recorded size and checksum. Both files are written atomically (``spar_fast.atomic``),
+the shard first, the index last; so after any crash a chunk is complete or recomputed.
+
+Index record (one per image, in chunk order)::
+
+    {"image_id", "index" (position in the store), "source", "source_bytes", "source_mtime_ns",
+     "source_checksum", "status": "ok" | "skipped", "reason" (skipped only),
+     "augment" (AugmentParams.to_dict()), "image_hw" [H, W] (augmented), "grid_hw" [h, w],
+     "channels", "dtype", "shard", "key", "checksum" (of the stored tensor bytes)}
+
+Checksums are XXH3-128 (``xxhash``). Measured here (2 shared cores, 64 MiB of random bytes,
+median of 7): sha256 1.47 ms/MB (680 MB/s), blake2b 3.66 ms/MB, zlib.crc32 0.79 ms/MB, xxh3-128
+0.24 ms/MB (4.2 GB/s): checking a 12 MB fp16 target on every read costs ~3 ms, below the
+decode + re-augmentation of its image (~70 ms). A checksum detects corruption, not tampering:
+whoever can rewrite a shard can rewrite its index.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+FORMAT = "spar_fast.store/2"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+CONFIG_NAME = "store.json"
+MANIFEST_NAME = "manifest.json"
+SHARD_DIR = "shards"
+
+
+def chunk_name(rank: int, chunk: int) -> str:
+    """File stem of chunk ``chunk`` of rank ``rank``."""
+    return f"r{rank:03d}-{chunk:06d}"
+
+
+def _xxh3():
+    import xxhash
+
+    return xxhash.xxh3_128()
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """XXH3-128 (hex) of the tensor's bytes as stored (contiguous, native byte order)."""
+    return bytes_digest(memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+
+
+def bytes_digest(data) -> str:
+    """XXH3-128 (hex) of a bytes-like object."""
+    h = _xxh3()
+    h.update(data)
+    return h.hexdigest()
+
+
+def file_digest(path: str, block: int = 1 << 22) -> str:
+    """XXH3-128 (hex) of a file, read in 4 MiB blocks."""
+    h = _xxh3()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_bytes(obj) -> bytes:
+    """Canonical JSON (sorted keys, fixed layout) so equal content gives equal bytes."""
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def read_json(path: str):
+    """Parsed JSON, or ``None`` when the file is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def chunk_done(shard_dir: str, name: str, expected_ids: list[str]) -> dict | None:
+    """The index of chunk ``name`` when the chunk is complete, lists ``expected_ids`` and its
+    shard file has the recorded size and checksum (so a damaged record is recomputed); else None."""
+    index = read_json(os.path.join(shard_dir, name + ".json"))
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        return None
+    if [r.get("image_id") for r in index.get("records", [])] != list(expected_ids):
+        return None
+    shard = os.path.join(shard_dir, name + ".safetensors")
+    if (index.get("shard") != name + ".safetensors" or not os.path.isfile(shard)
+            or os.path.getsize(shard) != index.get("shard_bytes")
+            or file_digest(shard) != index.get("shard_checksum")):
+        return None
+    return index

@@ -1,0 +1,305 @@
+"""The features job: images -> SPAR augmentation -> sliding-window teacher -> feature store.
+
+Deterministic and resumable (layout in ``spar_fast.store.layout``): the store's manifest fixes
+every chunk (its images and their order) before any target is computed; a chunk whose index and
+shard are complete and match their checksums is kept, any other chunk is computed from scratch.
+Every image's augmentation comes from ``(seed, image id)`` only. A resumed run therefore writes
+the same bytes as an uninterrupted one. A rerun with more images appends them in new chunks.
+
+Bad input never stops the job: a file that is not a regular file, not an image, damaged, or whose
+source or augmented size exceeds ``max_pixels`` (checked from the header, before decoding) is
+recorded as skipped with its reason. One writer at a time (``spar_fast.lock`` on the store).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+
+from ..atomic import remove_temp_files
+from ..data.augment import (MIN_SIDE, MULTIPLE, VARIANTS, apply_augment, image_seed, normalize,
+                            sample_augment)
+from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_image_size,
+                           list_images, load_image, read_image_size, regular_file)
+from ..errors import UserError
+from ..lock import exclusive_lock
+from ..runtime import Weights, resolve_device
+from ..store.layout import DTYPES, FORMAT, SHARD_DIR, chunk_done, file_digest, tensor_digest
+from ..store.records import StoreRecord
+from ..store.upgrade import upgrade_if_format_1
+from ..store.writer import open_store, plan_chunks, write_chunk
+from .extract_dist import all_agree, dist_env, gather_summaries, join_group
+from .window_plan import upsample_factor
+
+MAX_UPSAMPLE = 4  # stride rule: stitch cells of at least patch/4 px (canvas <= 16x the target grid)
+
+
+def load_teacher(name: str, weights: Weights):
+    """The registry backbone ``name`` with ``weights`` (``random:SEED``: a seeded init that
+    every process and a later ``train`` rebuild identically)."""
+    from ..backbones import Backbone
+
+    return Backbone.from_pretrained(name, weights=weights)
+
+
+def _backbone(backbone, weights, device):
+    """``(module, name, weights-as-recorded)`` for a registry name or a Backbone object."""
+    if isinstance(backbone, str):
+        bb = load_teacher(backbone, weights)
+        return bb.to(device).eval(), backbone, str(weights)
+    for attr in ("patch_size", "window", "feature_dim", "mean", "std"):
+        if not hasattr(backbone, attr):
+            raise UserError(f"backbone object has no {attr!r}; pass a name or a spar_fast.Backbone")
+    if isinstance(backbone, torch.nn.Module):
+        backbone = backbone.to(device).eval()
+    return backbone, getattr(backbone, "name", None) or type(backbone).__name__, None
+
+
+def check_stride(stride: int, window: int, patch: int) -> None:
+    """The stride rule: ``1 <= stride <= window`` (windows overlap or touch, so every target cell
+    is covered) and the stitch cell ``patch / upsample_factor(patch, stride)`` is at least
+    ``patch / MAX_UPSAMPLE`` px (P=16: strides that are multiples of 4; the canvas holds
+    ``upsample_factor**2`` cells per target position)."""
+    if not isinstance(stride, int) or not 1 <= stride <= window:
+        raise UserError(f"stride must be an integer in [1, {window}] (the window): a larger stride "
+                        f"leaves gaps between windows; got {stride!r}")
+    if upsample_factor(patch, stride) > MAX_UPSAMPLE:
+        raise UserError(f"stride {stride} needs {patch // upsample_factor(patch, stride)}-px stitch "
+                        f"cells; use a multiple of {patch // MAX_UPSAMPLE} (patch {patch})")
+
+
+def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size):
+    multiple = math.lcm(MULTIPLE, int(bb.patch_size))
+    min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
+    return {"format": FORMAT, "backbone": name, "weights": weights, "stride": stride,
+            "augment": augment, "dtype": dtype, "seed": seed, "shard_size": shard_size,
+            "patch_size": int(bb.patch_size), "window": int(bb.window),
+            "feature_dim": int(bb.feature_dim), "mean": [float(v) for v in bb.mean],
+            "std": [float(v) for v in bb.std], "min_side": min_side, "multiple": multiple}
+
+
+class _Prepared:
+    """A decoded, augmented, normalized image (``image`` [3, H, W] fp32) or a skip reason."""
+
+    def __init__(self, record: StoreRecord, image: torch.Tensor | None = None):
+        self.record, self.image = record, image
+
+
+def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | None) -> _Prepared:
+    """Check, decode, augment and normalize one image; any problem becomes a skipped record."""
+    base = dict(image_id=item.id, index=position, source=item.path)
+    try:
+        st = regular_file(item.path)
+        source = dict(source_bytes=st.st_size, source_mtime_ns=st.st_mtime_ns,
+                      source_checksum=file_digest(item.path))
+        H, W = read_image_size(item.path)
+        check_image_size((H, W), max_pixels, what="source image")
+        params = sample_augment(H, W, image_seed(config["seed"], item.id), config["augment"],
+                                min_side=config["min_side"], multiple=config["multiple"])
+        check_image_size(params.final_hw, max_pixels, what="augmented image")
+        img = load_image(item.path, max_pixels=max_pixels)
+    except (UserError, OSError) as exc:
+        reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageLoadError) else str(exc)
+        if isinstance(exc, OSError):
+            reason = f"unreadable file ({exc.strerror})"
+        return _Prepared(StoreRecord(status="skipped", reason=reason, **base))
+    x = normalize(apply_augment(img, params), config["mean"], config["std"])
+    rec = StoreRecord(status="ok", augment=params, image_hw=params.final_hw, **source, **base)
+    return _Prepared(rec, x)
+
+
+def _prefetch(fn, args_list, workers: int):
+    """``fn(*args)`` for each args, in order, computed ahead by ``workers`` threads (bounded)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = []
+        for args in args_list:
+            pending.append(pool.submit(fn, *args))
+            if len(pending) > 2 * workers:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
+
+
+def _target(teacher_fn, prepared: _Prepared, config: dict, device) -> torch.Tensor:
+    """Teacher output for one prepared image, checked, in the stored dtype on the CPU."""
+    x = prepared.image.to(device, non_blocking=True)
+    out = teacher_fn(x)
+    H, W = prepared.record.image_hw
+    P = config["patch_size"]
+    want = (H // P, W // P, config["feature_dim"])
+    if tuple(out.shape) != want:
+        raise RuntimeError(f"teacher returned {tuple(out.shape)} for {prepared.record.image_id!r}, "
+                           f"expected {want}")
+    stored = out.detach().to(DTYPES[config["dtype"]]).cpu().contiguous()
+    if not torch.isfinite(stored).all():
+        hint = " (exceeds the fp16 range; use --dtype bf16 or fp32)" if torch.isfinite(out).all() else ""
+        raise UserError(f"non-finite teacher features for {prepared.record.image_id!r}{hint}")
+    return stored
+
+
+def _compute_chunk(chunk: dict, config, teacher_fn, device, workers, max_pixels, bar):
+    """Records and ``{key: target}`` of one manifest chunk."""
+    records, tensors = [], {}
+    shard = chunk["name"] + ".safetensors"
+    args = [(ImageItem(i, path), pos, config, max_pixels) for i, path, pos in chunk["items"]]
+    for prepared in _prefetch(_prepare, args, workers):
+        rec = prepared.record
+        if rec.ok:
+            stored = _target(teacher_fn, prepared, config, device)
+            rec = replace(rec, grid_hw=tuple(stored.shape[:2]), channels=int(stored.shape[2]),
+                          dtype=config["dtype"], shard=shard, key=rec.image_id, checksum=tensor_digest(stored))
+            tensors[rec.key] = stored
+        records.append(rec)
+        if bar is not None:
+            bar.update(1)
+    return records, tensors
+
+
+def _validate(augment, dtype, seed, shard_size, limit, max_pixels):
+    if augment not in VARIANTS:
+        raise UserError(f"augment must be one of {', '.join(VARIANTS)}, got {augment!r}")
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or value < low:
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("limit", limit), ("max_pixels", max_pixels)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _weights(weights, pretrained) -> Weights:
+    if weights is not None and pretrained is not None:
+        raise UserError("pass weights= or the older pretrained=, not both")
+    if weights is not None:
+        return Weights.parse(weights)
+    return Weights.from_pretrained_arg(True if pretrained is None else pretrained)
+
+
+def extract_features(images, store_path, backbone="siglip2-b16-512", weights=None, stride=24,
+                     augment="default", dtype="fp16", device=None, seed=0, shard_size=32,
+                     teacher_fn=None, progress=True, limit=None, workers=None,
+                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None) -> dict:
+    """Compute teacher targets for ``images`` into the feature store at ``store_path``.
+
+    Args:
+        images: a directory, an image-list file, or a list of paths / ``(id, path)`` pairs
+            (:func:`spar_fast.data.list_images`); ``limit`` keeps the first ``limit``. Images
+            the store already holds (same id) are kept; the others are appended.
+        backbone: a registry name, loaded with ``weights`` (``hub`` (default), ``random[:SEED]``
+            or a file; :class:`spar_fast.runtime.Weights`; the older ``pretrained=`` True /
+            False / path is accepted too), or a Backbone object (``patch_size``, ``window``,
+            ``feature_dim``, ``mean``, ``std``).
+        stride (:func:`check_stride`), augment ("default" | "extended" | "none"), dtype ("fp16" |
+            "bf16" | "fp32"), seed, shard_size: recorded in ``store.json``; a rerun with other
+            values is an error.
+        device: None / "auto" (``cuda:LOCAL_RANK`` if available, else CPU), "cpu", "cuda", "cuda:N".
+        teacher_fn: ``normalized image [3, H, W] -> [H/P, W/P, C]``; default
+            ``teacher_features(backbone, image, stride)``.
+        workers: threads decoding and augmenting ahead of the teacher (default min(4, cpus)).
+        max_pixels: images whose source or augmented size exceeds it are skipped (default
+            ``DEFAULT_MAX_PIXELS``; None: no limit).
+    Under torchrun each rank computes the chunks of rank ``rank`` (new images: ``rank::world``).
+
+    Returns the summary of the whole run (all ranks): ``images`` (all the store lists), ``ok``
+    (targets held), ``skipped`` (list of ``(image_id, reason)``), ``computed`` (targets
+    computed by this run), ``resumed`` (images found done), ``seconds``, ``store_bytes``,
+    ``store``, ``world_size``.
+    """
+    start = time.perf_counter()
+    _validate(augment, dtype, seed, shard_size, limit, max_pixels)
+    rank, world, local_rank = dist_env()
+    device = resolve_device(device, local_rank if world > 1 else None)
+    items = list_images(images)
+    items = [ImageItem(it.id, os.path.abspath(it.path)) for it in (items[:limit] if limit else items)]
+    bb, name, recorded_weights = _backbone(backbone, _weights(weights, pretrained), device)
+    check_stride(stride, int(bb.window), int(bb.patch_size))
+    if teacher_fn is None:
+        from . import teacher_features
+
+        def teacher_fn(x):
+            return teacher_features(bb, x, stride=stride)
+    config = _run_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
+                         seed=seed, shard_size=shard_size)
+    store_path = os.fspath(store_path)
+    created = join_group(world)
+    try:
+        with contextlib.ExitStack() as stack:
+            _lock_store(stack, store_path, rank, world)
+            shard_dir = open_store(store_path, config)
+            chunks = plan_chunks(store_path, items, shard_size, world, write=rank == 0)
+            mine = [c for c in chunks if c["rank"] % world == rank]
+            counts = _run_chunks(mine, shard_dir, config, teacher_fn, device,
+                                 workers or _default_workers(), max_pixels, progress and rank == 0)
+            parts = gather_summaries(counts, world)
+            if rank == 0:
+                remove_temp_files(shard_dir)
+    finally:
+        if created:
+            dist.destroy_process_group()
+    summary = {key: sum(p[key] for p in parts) for key in ("images", "ok", "resumed", "computed")}
+    summary["skipped"] = [(i, r) for _, i, r in sorted(s for p in parts for s in p["skipped"])]
+    summary.update(seconds=time.perf_counter() - start, store=store_path, world_size=world,
+                   store_bytes=_folder_bytes(store_path))
+    return summary
+
+
+def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -> None:
+    """Rank 0 takes the store's writer lock into ``stack``, removes temporary files of killed
+    writes and upgrades a format-1 store, before any rank writes; every rank stops if that
+    failed."""
+    failure = None
+    if rank == 0:
+        try:
+            stack.enter_context(exclusive_lock(path, "feature store"))
+            for folder in (path, os.path.join(path, SHARD_DIR)):
+                remove_temp_files(folder)
+            upgrade_if_format_1(path)
+        except UserError as exc:
+            failure = exc
+    if not all_agree(failure is None, world):
+        raise failure or UserError(f"{path}: rank 0 could not take the store's writer lock")
+
+
+def _run_chunks(chunks, shard_dir, config, teacher_fn, device, workers, max_pixels, progress) -> dict:
+    """Compute every chunk of ``chunks`` that is not done; this process's counts."""
+    done = {c["name"]: chunk_done(shard_dir, c["name"], [e[0] for e in c["items"]]) for c in chunks}
+    total = sum(len(c["items"]) for c in chunks)
+    resumed = sum(len(c["items"]) for c in chunks if done[c["name"]] is not None)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=resumed, unit="img", dynamic_ncols=True, desc="features")
+    ok = computed = 0
+    skipped = []
+    with torch.inference_mode():
+        for chunk in chunks:
+            index = done[chunk["name"]]
+            if index is not None:
+                records = [StoreRecord.from_dict(r) for r in index["records"]]
+            else:
+                records, tensors = _compute_chunk(chunk, config, teacher_fn, device, workers,
+                                                  max_pixels, bar)
+                write_chunk(shard_dir, chunk["name"], records, tensors)
+                computed += len(tensors)
+            ok += sum(r.ok for r in records)
+            skipped += [(r.index, r.image_id, r.reason) for r in records if not r.ok]
+    if bar is not None:
+        bar.close()
+    return {"images": total, "ok": ok, "skipped": skipped, "resumed": resumed, "computed": computed}
+
+
+def _default_workers() -> int:
+    """``min(4, usable cpus)``: decoding and resizing threads ahead of the teacher."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cpus)
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
