@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 
 from .errors import UserError
 
 TEMP_SUFFIX = ".tmp"
+# safetensors' writer stages its output in ``.tmpXXXXXX`` beside the target (Rust tempfile
+# naming); a kill during ``save_file`` leaves one behind.
+_FOREIGN_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
 # errors a user fixes outside the program (space, quota, permissions, read-only mounts)
 _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
                 errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
@@ -132,7 +136,7 @@ def remove_temp_files(folder: str) -> list[str]:
     while holding the folder's writer lock). Returns the removed names."""
     removed = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if name.endswith(TEMP_SUFFIX) and os.path.isfile(os.path.join(folder, name)):
+        if (name.endswith(TEMP_SUFFIX) or _FOREIGN_TEMP.match(name)) and os.path.isfile(os.path.join(folder, name)):
             _remove_quietly(os.path.join(folder, name))
             removed.append(name)
     return removed

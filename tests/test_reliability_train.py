@@ -59,4 +59,4 @@ def test_planted_trainer_state_never_runs(tiny_store, tmp_path, capsys):
 def test_out_is_a_file(tiny_store, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = _train(tiny_store, tmp_path / "f", capsys)
-    assert code == 2 and "not a folder" in err
+    assert code == 2 and "is a file; a folder is needed" in err
