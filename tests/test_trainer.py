@@ -16,7 +16,7 @@ from spar_fast.train import train
 from spar_fast.train.distill import fixed_random_init
 from spar_fast.train.loader import StoreDataset
 from spar_fast.train.sampler import PackingSampler
-from spar_fast.train.trainer import step_loss
+from spar_fast.train.step import chunk_loss
 
 # Source sizes; the store upscales to a 512 short side -> grids 32x32, 32x48, 45x32 (odd sizes).
 SIZES = [(64, 64), (60, 90), (100, 70)]
@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
 
 def _items(store, bb):
     ds = StoreDataset(store, bb.mean, bb.std)
-    return [ds[i] for i in range(len(ds))]
+    return [(s.image, s.target.decode(), s.index) for s in (ds[i] for i in range(len(ds)))]
 
 
 def test_step_loss_is_reference_mse_and_mean_over_images(tiny):
@@ -55,12 +55,11 @@ def test_step_loss_is_reference_mse_and_mean_over_images(tiny):
         # one image: exactly the reference loss (single image forward, target upcast to fp32)
         x, t, _ = items[1]
         ref = F.mse_loss(bb(x[None])[0], t.float())
-        one = step_loss(bb, [x], [t], 0, 1, torch.device("cpu"), "fp32")
+        one = chunk_loss(bb, [x], [t], 0, 1, "fp32")[0]
         # packed: the mean of per-image MSEs; fp32 packed vs per-image attention differ by
         # summation order only (~1e-7 relative)
         per = [F.mse_loss(bb(x[None])[0], t.float()) for x, t, _ in items]
-        packed = step_loss(bb, [i[0] for i in items], [i[1] for i in items], 0, len(items),
-                           torch.device("cpu"), "fp32")
+        packed = chunk_loss(bb, [i[0] for i in items], [i[1] for i in items], 0, len(items), "fp32")[0]
     torch.testing.assert_close(one, ref, rtol=1e-5, atol=0)
     torch.testing.assert_close(packed, torch.stack(per).mean(), rtol=1e-5, atol=0)
 
@@ -70,11 +69,11 @@ def test_packed_gradient_is_mean_of_single_gradients(tiny):
     bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
     items = _items(store, bb)
     params = [p for n, p in bb.model.named_parameters() if n.startswith(bb.block_param_prefix(-1))]
-    step_loss(bb, [i[0] for i in items], [i[1] for i in items], 2, len(items), torch.device("cpu"), "fp32").backward()
+    chunk_loss(bb, [i[0] for i in items], [i[1] for i in items], 2, len(items), "fp32")[0].backward()
     packed = [p.grad.clone() for p in params]
     bb.zero_grad(set_to_none=True)
     for x, t, _ in items:  # accumulate (1/N) * grad of each image alone
-        step_loss(bb, [x], [t], 2, len(items), torch.device("cpu"), "fp32").backward()
+        chunk_loss(bb, [x], [t], 2, len(items), "fp32")[0].backward()
     for a, b in zip(packed, [p.grad for p in params]):
         # fp32 sums in another order: relative error ~1e-6 of the gradient scale
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())

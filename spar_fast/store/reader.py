@@ -13,6 +13,7 @@ from safetensors.torch import save as safetensors_save
 from ..data.augment import apply_augment
 from ..data.images import load_image
 from ..errors import UserError
+from .codec import StoredTarget, read_stored_target
 from .records import StoreRecord
 from ..atomic import atomic_write
 from .shards import (CONFIG_NAME, FORMAT, SHARD_DIR, chunk_name, file_sha256,
@@ -97,10 +98,13 @@ class FeatureStore:
         self._handles[shard] = handle
         return handle
 
-    def get(self, image_id: str) -> tuple[torch.Tensor, StoreRecord]:
-        """``(target [h, w, C] stored dtype, record)`` for one ok image."""
+    def get(self, image_id: str, decoded: bool = True) -> tuple[torch.Tensor | StoredTarget, StoreRecord]:
+        """``(target [h, w, C], record)`` for one ok image: the stored dtype (fp8 targets decoded
+        to fp32); ``decoded=False``: the :class:`StoredTarget` itself (zero-copy views of the
+        memory-mapped shard), for decoding on the training device."""
         rec = self.record(image_id)
-        return self._handle(rec.shard).get_tensor(rec.key), rec
+        stored = read_stored_target(os.path.join(self.path, SHARD_DIR, rec.shard), rec.key)
+        return (stored.decode() if decoded else stored), rec
 
     def input_image(self, image_id: str, check_source: bool = True) -> torch.Tensor:
         """The augmented input the target was computed from: float32 ``[3, H, W]`` in [0, 1]

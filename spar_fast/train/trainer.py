@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed
-import torch.nn.functional as F
 
+from ..data.decode import training_decode
 from ..errors import UserError
 from . import checkpoint as ckpt
-from .dist import barrier, init_from_env, sum_gradients, sum_scalar
-from .loader import StoreDataset, make_loader
-from .report import MetricsLog, plot_loss
+from .dist import barrier, init_from_env
+from .loader import StoreDataset, device_chunks, make_loader, prepare_chunk
+from .report import MetricsLog, plot_loss, write_summary
 from .sampler import PackingSampler
+from .step import TrainStep, make_optimizer, weights_finite
 from .unfreeze import apply_unfreeze
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -84,35 +86,25 @@ def _resume_state(run_dir: str, cfg: TrainConfig, resume: bool) -> dict | None:
     return state
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def step_loss(bb, images, targets, first_block: int, n_global: int, device, precision) -> torch.Tensor:
-    """Sum over the chunk of per-image MSE (fp32, over all elements) divided by ``n_global``.
-
-    ``images``: list of ``[3,Hi,Wi]``; ``targets``: list of ``[hi,wi,C]``."""
-    with _autocast(device, precision):
-        feats = bb.forward_packed([im.to(device, non_blocking=True) for im in images],
-                                  grad_from_block=first_block)
-    losses = [F.mse_loss(f.float(), t.to(device, non_blocking=True).float()) for f, t in zip(feats, targets)]
-    return torch.stack(losses).sum() / n_global
-
-
 def train(store: str, out_dir: str, *, backbone: str | None = None, pretrained=None, epochs: int = 10,
           unfreeze: str = "blk_-1,blk_-2", tokens_per_step: int | None = None, accumulate: int = 1,
           lr: float = 2e-5, weight_decay: float = 1e-4, schedule: str = "constant", warmup_steps: int = 0,
           precision: str = "auto", device=None, seed: int = 0, num_workers: int | None = None,
-          checkpoint_every: int = 0, resume: bool = True, progress: bool = True) -> str:
+          checkpoint_every: int = 0, resume: bool = True, progress: bool = True, log_every: int = 50,
+          skip_nonfinite: bool = False, decode: str | None = None, loader_stage: str | None = None) -> str:
     """Distill the store's teacher features into a student; returns the final weights path.
 
     ``store``: a feature store directory (its config names the backbone and weights, which
     ``backbone`` / ``pretrained`` override). Writes ``out_dir/{final.safetensors,
     trainer_state.pt, metrics.jsonl, loss.png}``. Under torchrun every process runs this; each
     takes ``accumulate`` chunks of every global step. ``checkpoint_every``: steps between
-    checkpoints (0: only at epoch ends). ``resume``: continue the run in ``out_dir`` if any."""
+    checkpoints (0: only at epoch ends). ``resume``: continue the run in ``out_dir`` if any.
+    Data and loop options (docs/DATAPATH.md): ``log_every`` steps between reads of the loss from
+    the device (the only host syncs of the loop; also at epoch ends and checkpoints);
+    ``skip_nonfinite``: skip images whose target or loss is not finite (counted in
+    ``summary.json``) instead of stopping with an error; ``decode``: image decode path (default:
+    the one the store's targets were made with); ``loader_stage``: ``cpu`` or ``device`` (where
+    images are decoded and augmented; default ``device`` on CUDA)."""
     opts = {k: v for k, v in locals().items() if k != "device"}
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -128,7 +120,7 @@ def train(store: str, out_dir: str, *, backbone: str | None = None, pretrained=N
 
 def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, unfreeze, tokens_per_step,
          accumulate, lr, weight_decay, schedule, warmup_steps, precision, seed, num_workers,
-         checkpoint_every, resume, progress) -> str:
+         checkpoint_every, resume, progress, log_every, skip_nonfinite, decode, loader_stage) -> str:
     """The loop of :func:`train` in process ``rank`` of ``world`` on ``device``."""
     from ..backbones import Backbone
     from ..store import FeatureStore
@@ -154,74 +146,99 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
         return state["weights"]
 
+    if not isinstance(log_every, int) or log_every < 1:
+        raise UserError(f"log_every must be an integer >= 1, got {log_every!r}")
     bb = Backbone.from_pretrained(cfg.backbone, pretrained=cfg.pretrained)
     trainable = apply_unfreeze(cfg.unfreeze, bb)
     bb.to(device).train()
     named = dict(bb.model.named_parameters())
     params = [named[n] for n in trainable.names]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    run_step = TrainStep(bb, params, optimizer, scaler, trainable.first_block, precision, world, skip_nonfinite)
 
-    dataset = StoreDataset(store, bb.mean, bb.std)
+    stage = loader_stage or ("device" if device.type == "cuda" else "cpu")
+    dataset = StoreDataset(store, bb.mean, bb.std, decode=training_decode(store_cfg, decode, device), stage=stage)
     sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step, seed=cfg.seed, world_size=world,
                              accumulate=accumulate)
     plans = [sampler.epoch_plan(e) for e in range(cfg.epochs)]
     total = sum(len(p) for p in plans)
-    epoch, start, global_step = 0, 0, 0
+    epoch, start, global_step, skipped = 0, 0, 0, 0
     if state is not None:
         ckpt.load_weights(bb.model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-
-    def snapshot(final=False):
-        if rank == 0:
-            ckpt.save_checkpoint(out_dir, bb.model, {
-                "config": asdict(cfg), "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "done": final}, final=final)
-        barrier(world)
+        skipped = state.get("skipped_images", 0)
 
     log = MetricsLog(out_dir, resume_step=global_step) if rank == 0 else None
+    pending: list[dict] = []  # host-side facts of the steps whose device values are not read yet
+    window_start = time.perf_counter()
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def flush():
+        """Read the pending steps' losses and flags (one device sync); stop on a non-finite step."""
+        nonlocal skipped, window_start
+        losses, bad, dropped = run_step.read()
+        skipped += dropped
+        for rec, is_bad in zip(pending, bad):
+            if is_bad:
+                ids = rec["ids"]
+                shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+                raise UserError(f"non-finite loss or gradient at step {rec['step']} (images {shown}); the "
+                                f"weights were not updated and the last good checkpoint in {out_dir} is "
+                                "kept; skip_nonfinite (--skip-nonfinite) skips such images instead")
+        rate = sum(r["images"] for r in pending) / max(time.perf_counter() - window_start, 1e-9)
+        if log is not None:
+            log.write_many([{"step": r["step"], "epoch": r["epoch"], "lr": r["lr"], "tokens": r["tokens"],
+                             "loss": loss if math.isfinite(loss) else None, "images_per_s": rate}
+                            for r, loss in zip(pending, losses)])
+        if bar is not None and losses:
+            bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{rate:.1f}")
+        pending.clear()
+        window_start = time.perf_counter()
+
+    def snapshot(final=False):
+        flush()
+        if not weights_finite(params):
+            raise UserError(f"non-finite weights after step {global_step}; not saved, the last good "
+                            f"checkpoint in {out_dir} is kept (check lr and weight_decay)")
+        if rank == 0:
+            ckpt.save_checkpoint(out_dir, bb.model, {
+                "config": asdict(cfg), "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "done": final,
+                "skipped_images": skipped}, final=final)
+        barrier(world)
+
+    run_start, steps_run = time.perf_counter(), 0
     while epoch < cfg.epochs:
         plan = plans[epoch]
-        batches = sampler.rank_batches(epoch, rank, start_step=start)
-        batch_iter = iter(make_loader(dataset, batches, num_workers, pin_memory=device.type == "cuda"))
+        loader = make_loader(dataset, sampler.rank_batches(epoch, rank, start_step=start), num_workers,
+                             pin_memory=device.type == "cuda")
+        chunks = device_chunks(loader, lambda c: prepare_chunk(c, bb.mean, bb.std, device), device)
         while start < len(plan):
-            t0 = time.perf_counter()
             step = plan[start]
             n_global = sum(len(c) for c in step)
             lr_now = lr_at(cfg, global_step, total)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # no GPU sync per chunk
-            for _ in sampler.rank_chunks(step, rank):
-                images, targets, _idx = next(batch_iter)
-                loss = step_loss(bb, images, targets, trainable.first_block, n_global, device, precision)
-                scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            sum_gradients(params, world)
-            loss_sum = sum_scalar(loss_sum, world)
-            scaler.step(optimizer)
-            scaler.update()
+            mine = sampler.rank_chunks(step, rank)
+            run_step((next(chunks)[:2] for _ in mine), n_global, lr_now)
+            pending.append({"step": global_step + 1, "epoch": epoch, "lr": lr_now, "images": n_global,
+                            "tokens": sum(sampler.tokens[i] for c in step for i in c),
+                            "ids": dataset.image_ids(i for c in step for i in c)})
             start += 1
             global_step += 1
+            steps_run += 1
             if start == len(plan):
                 epoch, start = epoch + 1, 0
-            seconds = time.perf_counter() - t0
-            if rank == 0:
-                tokens = sum(sampler.tokens[i] for c in step for i in c)
-                log.write({"step": global_step, "epoch": epoch if start else epoch - 1, "loss": loss_sum,
-                           "lr": lr_now, "images_per_s": n_global / seconds, "tokens": tokens})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss_sum:.4g}", img_s=f"{n_global / seconds:.1f}")
-                    bar.update(1)
+            if bar is not None:
+                bar.update(1)
+            if len(pending) >= log_every:
+                flush()
             if start == 0 or (checkpoint_every and global_step % checkpoint_every == 0):
                 snapshot(final=epoch >= cfg.epochs)
                 if rank == 0 and start == 0:
@@ -230,4 +247,12 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
                 break
     if bar is not None:
         bar.close()
+    if rank == 0:
+        seconds = time.perf_counter() - run_start
+        write_summary(out_dir, {"steps": global_step, "steps_this_run": steps_run, "seconds_this_run": seconds,
+                                "skipped_images": skipped, "skip_nonfinite": skip_nonfinite,
+                                "decode": dataset.decode, "loader_stage": stage})
+    if skipped:
+        warnings.warn(f"{skipped} image(s) with non-finite targets or loss were skipped "
+                      f"(see {os.path.join(out_dir, 'summary.json')})", stacklevel=2)
     return os.path.join(out_dir, ckpt.FINAL_WEIGHTS)
