@@ -37,6 +37,33 @@ def make_tiny_store(root, backbone="siglip2-tiny", sizes=SIZES, seed=0):
     return store, init
 
 
+def recode_store(store, dtype, poison=None):
+    """Rewrite every chunk of ``store`` with its targets encoded as ``dtype`` (records' dtype and
+    sha256 updated, so the store stays self-consistent); ``poison``: an image id whose target
+    becomes NaN (a store whose recorded hash matches NaN data: only the loss can catch it)."""
+    from dataclasses import replace
+
+    from spar_fast.store import FeatureStore
+    from spar_fast.store.codec import encode_target, stored_tensors
+    from spar_fast.store.reader import load_indexes, write_chunk
+    from spar_fast.store.records import StoreRecord
+    from spar_fast.store.shards import tensor_sha256
+
+    fs = FeatureStore(store)
+    for index in load_indexes(store):
+        records, tensors = [], {}
+        for rec in map(StoreRecord.from_dict, index["records"]):
+            if rec.ok:
+                target = fs.get(rec.image_id)[0].float()
+                if rec.image_id == poison:
+                    target = torch.full_like(target, float("nan"))
+                stored = encode_target(target, dtype)
+                tensors.update(stored_tensors(rec.key, stored))
+                rec = replace(rec, dtype=dtype, sha256=tensor_sha256(stored.data))
+            records.append(rec)
+        write_chunk(os.path.dirname(index["_path"]), index["rank"], index["chunk"], records, tensors)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny_store(str(tmp_path_factory.mktemp("tiny")))
@@ -160,3 +187,77 @@ def test_bad_input_is_user_error(tiny, tmp_path):
     train(store, str(tmp_path / "b"), epochs=1, **kw)
     with pytest.raises(UserError, match="other settings .*lr"):
         train(store, str(tmp_path / "b"), epochs=2, lr=1e-3, **kw)
+
+
+@pytest.fixture(scope="module")
+def poisoned(tmp_path_factory):
+    """The tiny store with image "1"'s target NaN (fp16, hash consistent)."""
+    store, init = make_tiny_store(str(tmp_path_factory.mktemp("poisoned")))
+    recode_store(store, "fp16", poison="1")
+    return store, init
+
+
+def test_nonfinite_target_stops_with_step_and_image_and_keeps_last_good_checkpoint(poisoned, tmp_path):
+    store, init = poisoned
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"non-finite loss or gradient at step (\d+) \(images 1\)") as err:
+        train(store, str(run), epochs=1, checkpoint_every=1, log_every=10, device="cpu", num_workers=0,
+              progress=False)
+    assert "\n" not in str(err.value)
+    bad_step = int(err.value.args[0].split("step ")[1].split(" ")[0])
+    state = torch.load(run / "trainer_state.pt", weights_only=False)
+    # the checkpoint before the bad step is kept (checkpoints are written only after a finite read)
+    assert state["global_step"] == bad_step - 1
+    if bad_step > 1:
+        weights = load_file(run / state["weights"])
+        assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not (run / "final.safetensors").exists()
+
+
+def test_skip_nonfinite_equals_training_without_the_bad_image(poisoned, tmp_path):
+    """One image per step: skipping the NaN image's step leaves weights exactly as the reference
+    loop that never trains on it (fused AdamW's device-side skip touches no state)."""
+    store, init = poisoned
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="1 image"):
+        final = train(store, str(run), epochs=1, skip_nonfinite=True, log_every=2, device="cpu",
+                      num_workers=0, progress=False)
+    assert json.load(open(run / "summary.json"))["skipped_images"] == 1
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    n = bb.num_blocks
+    names = [k for k, _ in bb.model.named_parameters()
+             if k.startswith((bb.block_param_prefix(n - 1), bb.block_param_prefix(n - 2)))]
+    named = dict(bb.model.named_parameters())
+    opt = torch.optim.AdamW([named[k] for k in names], lr=2e-5, weight_decay=1e-4)
+    items = _items(store, bb)
+    for (i,), in PackingSampler([1] * len(items), None, seed=0).epoch_plan(0):
+        if i == 1:
+            continue
+        opt.zero_grad()
+        F.mse_loss(bb(items[i][0][None])[0], items[i][1].float()).backward()
+        opt.step()
+    trained = load_file(final)
+    for k in names:
+        # single-image vs packed forward and fused vs foreach AdamW: fp32 reorderings only
+        torch.testing.assert_close(trained[k], named[k].detach(), rtol=0, atol=2e-7)
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert sum(r["loss"] is None for r in records) == 0  # the skipped step's loss is the kept images' (0)
+
+
+def test_fp8_targets_train(tiny, tmp_path):
+    store, init = make_tiny_store(str(tmp_path / "s"), sizes=[(64, 64), (60, 90)])
+    recode_store(store, "fp8_e4m3")
+    final = train(store, str(tmp_path / "run"), epochs=1, tokens_per_step=4000, device="cpu",
+                  num_workers=0, progress=False)
+    assert all(torch.isfinite(v).all() for v in load_file(final).values())
+
+
+def test_log_every_writes_every_step_and_is_checked(tiny, tmp_path):
+    store, _ = tiny
+    run = tmp_path / "run"
+    train(store, str(run), epochs=2, log_every=4, device="cpu", num_workers=0, progress=False)
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(r["loss"] > 0 for r in records)
+    with pytest.raises(UserError, match="log_every"):
+        train(store, str(tmp_path / "b"), log_every=0, device="cpu", num_workers=0, progress=False)

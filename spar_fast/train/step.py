@@ -111,10 +111,16 @@ class TrainStep:
             dist.all_reduce(both)  # enqueued on the device; no host wait
             loss, dropped = both[0], both[1]
         bad_loss = (~torch.isfinite(loss)).float()
+        if self.skip_nonfinite:  # a step left without images is skipped, not run on zero gradients
+            bad_loss = torch.maximum(bad_loss, (dropped >= n_global).float())
+        grads = [p.grad for p in self.params if p.grad is not None]
         if self.scaler.is_enabled():
-            found = bad_loss  # gradient overflow is the scaler's business (skip + lower the scale)
+            # gradient overflow is the scaler's business (skip + lower the scale); a step to skip for
+            # our own reasons gets a NaN in one gradient element, so the scaler skips it as well
+            found = bad_loss
+            if grads:
+                grads[0].view(-1)[:1].add_(torch.where(found > 0, torch.nan, 0.0))
         else:
-            grads = [p.grad for p in self.params if p.grad is not None]
             found = torch.maximum(bad_loss, nonfinite(grads).to(device))
             self.optimizer.grad_scale, self.optimizer.found_inf = None, found
         self.scaler.step(self.optimizer)
