@@ -87,3 +87,17 @@ def test_fp8_store_round_trip(tmp_path):
         raw, _ = fs.get(rec.image_id, decoded=False)
         assert torch.equal(raw.scale, expected.scale)
     assert os.path.isfile(os.path.join(store, "store.json"))
+
+
+def test_cpu_table_decode_equals_the_cast():
+    """The CPU decode looks codes up in a 256-entry table; every code (NaN codes included) must
+    give the value of torch's own cast."""
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    data = codes[torch.randint(0, 256, (5, 7, 11))]
+    from spar_fast.store.codec import StoredTarget
+
+    scale = torch.rand(11) + 0.5
+    got = StoredTarget(data, scale).decode()
+    want = data.float() * scale
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())

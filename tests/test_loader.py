@@ -139,3 +139,20 @@ def test_device_chunks_prepares_one_ahead():
 def test_collate_keeps_lists():
     chunk = collate_chunk([("a", 1, "t", 0), ("b", 2, "u", 1)])
     assert chunk.images == ["a", "b"] and chunk.indices == [0, 1]
+
+
+@pytest.mark.skipif(not available("nvjpeg", "cuda"), reason="nvjpeg needs CUDA and torchvision")
+def test_nvjpeg_batch_equals_extraction_decode_and_is_close_to_libjpeg(tmp_path):
+    """The training loader's batched nvJPEG decode gives the pixels extraction's decode_image gave
+    (exactly: the student sees the teacher's pixels); against libjpeg they differ by IDCT and
+    chroma-upsampling rounding only."""
+    from spar_fast.data.decode import finish_decode
+
+    paths = [_save(tmp_path / f"{i}.jpg", _photo(97 + 31 * i, 131 + 17 * i, i), quality=90) for i in range(3)]
+    batch = finish_decode([read_image(p, "nvjpeg") for p in paths], "cuda")
+    for path, pixels in zip(paths, batch):
+        single = decode_image(path, "nvjpeg", "cuda")
+        assert torch.equal(pixels, single)
+        diff = (pixels.cpu().int() - torch.from_numpy(load_image(path)).int()).abs()
+        # nvJPEG vs libjpeg-turbo ISLOW: a few levels at most, about zero on average
+        assert diff.max() <= 8 and diff.float().mean() < 1.0

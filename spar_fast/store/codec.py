@@ -8,9 +8,10 @@ Encodings (the record's ``dtype``):
   channel's largest magnitude to 448, e4m3's largest finite value, so nothing saturates and every
   channel keeps e4m3's 3-bit mantissa (relative rounding error <= 2^-4 per element). Half the
   bytes of fp16: an average augmented image's target is ≈1.6 MB instead of ≈3.3 MB.
-  Per channel, not per image: ViT features have a few channels far larger than the rest, and one
-  scale for the whole image would push the small channels into e4m3's subnormal range
-  (docs/DATAPATH.md has the measured errors of both).
+  Per channel rather than per image: on measured features both give the same error (relative L2
+  ≈2.7e-2, docs/DATAPATH.md), but a per-image scale would push channels more than ~10^4 times
+  smaller than the largest into e4m3's subnormals, while the per-channel scale costs only 4 bytes
+  per channel.
 
 Reads: :func:`read_stored_target` memory-maps the shard (copy-on-write, so nothing can write to
 the file) and returns views of the mapped bytes, so a target costs no copy until it is decoded on
@@ -35,6 +36,7 @@ TARGET_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.fl
                  FP8: torch.float8_e4m3fn}
 SCALE_SUFFIX = ".scale"
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn value
+_E4M3_VALUES = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # code -> value
 # safetensors dtype names -> torch dtypes (the ones a store can hold)
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "F8_E4M3": torch.float8_e4m3fn}
@@ -54,7 +56,12 @@ class StoredTarget(NamedTuple):
         ``dtype``); other encodings as stored (cast to ``dtype`` when given)."""
         if self.scale is None:
             return self.data if dtype is None else self.data.to(dtype)
-        return (self.data.float() * self.scale.float()).to(dtype or torch.float32)
+        if self.data.device.type == "cpu":  # a 256-entry table: 4x faster than the CPU cast, same values
+            codes = self.data.view(torch.uint8).reshape(-1).int()
+            values = _E4M3_VALUES.index_select(0, codes).view(self.data.shape)
+        else:
+            values = self.data.float()
+        return (values * self.scale.float()).to(dtype or torch.float32)
 
 
 def encode_target(target: torch.Tensor, dtype: str) -> StoredTarget:
