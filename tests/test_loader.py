@@ -110,9 +110,10 @@ def test_device_stage_equals_cpu_stage(jpeg_store):
     bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False)
     cpu = torch.device("cpu")
     out = {}
-    for stage in ("cpu", "device"):
+    # the device stage through a worker process: mapped target views and bytes cross processes
+    for stage, workers in (("cpu", 0), ("device", 1)):
         ds = StoreDataset(jpeg_store, bb.mean, bb.std, decode="pil", stage=stage)
-        chunks = make_loader(ds, [[0, 1], [1]], num_workers=0)
+        chunks = make_loader(ds, [[0, 1], [1]], num_workers=workers)
         out[stage] = list(device_chunks(chunks, lambda c: prepare_chunk(c, bb.mean, bb.std, cpu), cpu))
     assert [c[2] for c in out["cpu"]] == [[0, 1], [1]]
     for a, b in zip(out["cpu"], out["device"]):

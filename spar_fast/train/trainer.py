@@ -167,6 +167,8 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
     if state is not None:
         ckpt.load_weights(bb.model, state["weights"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a run saved by an older, unfused optimizer
+            group.update(fused=True, foreach=None)
         scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
