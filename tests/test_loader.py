@@ -79,6 +79,10 @@ def test_decode_choice_and_store_mismatch():
         training_decode({"decode": "nvjpeg"}, None, cpu)
     with pytest.warns(UserWarning, match="other pixels"):
         assert training_decode({"decode": "nvjpeg"}, "pil", cpu) == "pil"
+    if available("torchvision"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # same pixels: no warning
+            assert training_decode({"decode": "pil"}, "torchvision", cpu) == "torchvision"
     with pytest.warns(UserWarning, match="decoded with"):
         training_decode({"decode": "pil", "decode_version": "pil, Pillow 0.1"}, None, cpu)
     with warnings.catch_warnings():

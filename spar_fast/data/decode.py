@@ -36,6 +36,7 @@ from .images import ImageLoadError, load_image
 
 DECODES = ("pil", "torchvision", "nvjpeg")
 LEGACY_DECODE = "pil"  # stores without a "decode" key were made by load_image
+SAME_PIXELS = {"pil", "torchvision"}  # both libjpeg-turbo ISLOW + fancy upsampling (tests/test_loader.py)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -184,8 +185,9 @@ def decode_image(path: str | os.PathLike, decode: str = "pil",
 
 def training_decode(store_config: dict, requested: str | None, device: torch.device) -> str:
     """The decode path training uses for a store: the store's own (``requested`` None), or
-    ``requested`` with a warning when it differs (the student then sees other pixels than the
-    teacher did). Refuses a store path this machine cannot run, naming the way out."""
+    ``requested``, with a warning when it gives other pixels than the store's (``pil`` and
+    ``torchvision`` give the same). Refuses a store path this machine cannot run, naming the way
+    out."""
     stored = store_config.get("decode", LEGACY_DECODE)
     if requested is None:
         if not available(stored, device):
@@ -200,7 +202,7 @@ def training_decode(store_config: dict, requested: str | None, device: torch.dev
     _check(requested)
     if not available(requested, device):
         raise UserError(f"decode path {requested!r} cannot run on {device.type} here")
-    if requested != stored:
+    if requested != stored and {requested, stored} != SAME_PIXELS:
         warnings.warn(f"training decodes images with {requested!r} but the store's targets were "
                       f"computed from {stored!r} decodes: the student sees other pixels than the "
                       "teacher did", stacklevel=2)
