@@ -261,3 +261,64 @@ def test_log_every_writes_every_step_and_is_checked(tiny, tmp_path):
     assert all(r["loss"] > 0 for r in records)
     with pytest.raises(UserError, match="log_every"):
         train(store, str(tmp_path / "b"), log_every=0, device="cpu", num_workers=0, progress=False)
+
+
+def _step_setup(device, skip_nonfinite=False):
+    from spar_fast.train.step import TrainStep, make_optimizer
+    from spar_fast.train.unfreeze import apply_unfreeze
+
+    torch.manual_seed(0)
+    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False)
+    trainable = apply_unfreeze("blk_-1", bb)
+    bb.to(device).train()
+    params = [p for p in bb.model.parameters() if p.requires_grad]
+    step = TrainStep(bb, params, make_optimizer(params, 1e-3, 1e-4), torch.amp.GradScaler(device.type, enabled=False),
+                     trainable.first_block, "fp32", skip_nonfinite=skip_nonfinite)
+    images = [torch.randn(3, 64, 80, device=device), torch.randn(3, 48, 64, device=device)]
+    targets = [torch.randn(*bb.grid(*im.shape[1:]), bb.feature_dim, device=device) for im in images]
+    return bb, params, step, images, targets
+
+
+def test_nonfinite_step_changes_no_weight_and_no_optimizer_state():
+    cpu = torch.device("cpu")
+    bb, params, step, images, targets = _step_setup(cpu)
+    step([(images, targets)], 2, 1e-3)  # one good step: optimizer state exists
+    before = [p.detach().clone() for p in params]
+    state = {k: v.clone() for k, v in step.optimizer.state[params[0]].items()}
+    bad = [targets[0], torch.full_like(targets[1], float("inf"))]
+    step([(images, bad)], 2, 1e-3)
+    losses, flags, skipped = step.read()
+    assert flags == [False, True] and skipped == 0 and not np.isfinite(losses[1])
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(v, step.optimizer.state[params[0]][k]) for k, v in state.items())
+    step([(images, targets)], 2, 1e-3)  # and the next good step trains again
+    assert not all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_skip_mode_drops_only_the_bad_image():
+    """With skip_nonfinite the good image of a mixed chunk still trains, exactly as alone (its loss
+    is divided by the step's image count, 2)."""
+    cpu = torch.device("cpu")
+    _, params, step, images, targets = _step_setup(cpu, skip_nonfinite=True)
+    step([(images, [targets[0], torch.full_like(targets[1], float("nan"))])], 2, 1e-3)
+    losses, flags, skipped = step.read()
+    assert flags == [False] and skipped == 1 and np.isfinite(losses[0])
+    mixed = [p.detach().clone() for p in params]
+    _, params2, alone, _, _ = _step_setup(cpu, skip_nonfinite=True)
+    alone([([images[0]], [targets[0]])], 2, 1e-3)
+    for a, b in zip(mixed, params2):
+        # packed (2 images) vs 1-image forward of the same image: fp32 reorderings only
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs exist only with a device")
+def test_step_makes_no_host_sync_on_cuda():
+    """The step's claim: nothing in it waits for the GPU (torch raises on a synchronizing call)."""
+    bb, params, step, images, targets = _step_setup(torch.device("cuda"))
+    step([(images, targets)], 2, 1e-3)  # warm-up: lazy state creation may sync once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step([(images, targets)], 2, 1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step.read()[1] == [False, False]
