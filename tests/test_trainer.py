@@ -212,6 +212,9 @@ def test_nonfinite_target_stops_with_step_and_image_and_keeps_last_good_checkpoi
         weights = load_file(run / state["weights"])
         assert all(torch.isfinite(v).all() for v in weights.values())
     assert not (run / "final.safetensors").exists()
+    # the steps before the bad one are logged, the bad one is not
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in records] == list(range(1, bad_step))
 
 
 def test_skip_nonfinite_equals_training_without_the_bad_image(poisoned, tmp_path):

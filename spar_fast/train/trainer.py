@@ -184,22 +184,23 @@ def _run(rank, world, device, *, store, out_dir, backbone, pretrained, epochs, u
         bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
 
     def flush():
-        """Read the pending steps' losses and flags (one device sync); stop on a non-finite step."""
+        """Read the pending steps' losses and flags (one device sync) and log them; stop at the
+        first non-finite step (the steps before it are logged)."""
         nonlocal skipped, window_start
         losses, bad, dropped = run_step.read()
         skipped += dropped
-        for rec, is_bad in zip(pending, bad):
-            if is_bad:
-                ids = rec["ids"]
-                shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-                raise UserError(f"non-finite loss or gradient at step {rec['step']} (images {shown}); the "
-                                f"weights were not updated and the last good checkpoint in {out_dir} is "
-                                "kept; skip_nonfinite (--skip-nonfinite) skips such images instead")
+        first_bad = bad.index(True) if True in bad else len(bad)
         rate = sum(r["images"] for r in pending) / max(time.perf_counter() - window_start, 1e-9)
         if log is not None:
             log.write_many([{"step": r["step"], "epoch": r["epoch"], "lr": r["lr"], "tokens": r["tokens"],
                              "loss": loss if math.isfinite(loss) else None, "images_per_s": rate}
-                            for r, loss in zip(pending, losses)])
+                            for r, loss in zip(pending[:first_bad], losses)])
+        if first_bad < len(bad):
+            rec, ids = pending[first_bad], pending[first_bad]["ids"]
+            shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            raise UserError(f"non-finite loss or gradient at step {rec['step']} (images {shown}); the "
+                            f"weights were not updated and the last good checkpoint in {out_dir} is "
+                            "kept; skip_nonfinite (--skip-nonfinite) skips such images instead")
         if bar is not None and losses:
             bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{rate:.1f}")
         pending.clear()
