@@ -17,7 +17,7 @@ dry=${SPAR_FAST_SUITE_DRY_RUN:-0}
 [ "${2:-}" = "--dry-run" ] && dry=1
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-budget=$([ "$dry" = 1 ] && echo 170 || echo 525)  # seconds for all steps; the report needs ~2 s
+budget=$([ "$dry" = 1 ] && echo 170 || echo 510)  # seconds for all steps; the report needs ~2 s
 start=$(date +%s)
 : > "$out/steps.tsv"
 
