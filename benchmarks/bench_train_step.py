@@ -1,23 +1,22 @@
-"""Distillation training throughput (images/s), reference recipe vs the packed fast path.
+"""Distillation training throughput (images/s): the trainer's own step vs a reference-style step.
 
-Variants (group ``train ...``, same images, last 2 blocks trainable, AdamW):
-* ``reference`` — the official execution: one image per step, image decoded and augmented in
-  the training process, target read from an fp32 pickle, single-image forward, fp16 autocast +
-  GradScaler on GPU (fp32 on CPU).
-* ``fast`` — the trainer's path: targets from the store's shards, images rebuilt by DataLoader
-  workers (pinned memory on GPU), images packed under a token budget into one forward
-  (``forward_packed``, frozen prefix without activations), bf16 autocast on GPU.
-Group ``loader ...``: the data loading alone (``reference``: in-process pickle + decode;
-``fast``: DataLoader workers over the store), images/s.
-GPU: SigLIP2 B/16-512 (random init) on SA-1B-like images (1500x2250 JPEGs, default SPAR
-augmentation: 512..2048 px sides); MFU from SPEC §7 (frozen prefix forward + 3x forward of the
-trainable blocks). CPU: the tiny SigLIP2-family config, a few images, so it runs in seconds.
-Targets come from a cheap stand-in teacher (random features of the right shape): the step cost
-does not depend on their values.
+Group ``train step ...`` (inputs already on the device, so only the step is timed; one epoch over
+the same images per round, last 2 blocks trainable, AdamW):
+* ``reference`` — the reference's work per image: batch 1, a single-image forward, MSE, fp16
+  autocast + GradScaler on GPU (fp32 on CPU), AdamW, and the per-step loss read (``.item()``)
+  that a per-step log makes.
+* ``batch1`` — :class:`spar_fast.train.step.TrainStep` (the trainer's step) with one image per step:
+  packed forward path, frozen prefix without activations, fused AdamW, no host sync (losses are
+  read once at the end, as the trainer does every ``log_every`` steps).
+* ``packed`` — the same step on chunks packed under a token budget (the recommended GPU setting;
+  loss = mean of per-image MSEs, as batch 1).
+Group ``train epoch ...``: the trainer's loader (GPU: device stage, workers read the JPEG bytes and
+nvJPEG decodes; CPU: cpu stage, torchvision decode) + ``device_chunks`` prefetch + ``TrainStep``,
+packed: images/s with data loading.
+GPU: SigLIP2 B/16-512 at random init on SA-1B-like augmented sizes, bf16 (``mfu`` from SPEC §7,
+benchmarks/flops.py). CPU: the tiny SigLIP2-family config on small images, fp32.
 """
 import os
-import pickle
-import time
 
 import numpy as np
 import pytest
@@ -26,140 +25,145 @@ import torch.nn.functional as F
 from PIL import Image
 
 import spar_fast as sf
-from spar_fast.data import normalize
-from spar_fast.train.loader import StoreDataset, make_loader
+from spar_fast.data.decode import available
+from spar_fast.train.loader import StoreDataset, collate_chunk, device_chunks, make_loader, prepare_chunk
 from spar_fast.train.sampler import PackingSampler
-from spar_fast.train.trainer import step_loss
+from spar_fast.train.step import TrainStep, make_optimizer
 from spar_fast.train.unfreeze import apply_unfreeze
 
-from conftest import ON_GPU, QUICK, pick, sync  # noqa: E402
+from conftest import ON_GPU, pick, sync  # noqa: E402
+from flops import mfu, train_flop  # noqa: E402
 
-PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 FLOP/s (datasheet), for MFU
 if ON_GPU:
-    BACKBONE, N_IMAGES, SOURCE_HW, AUGMENT, BUDGET = "siglip2-b16-512", pick(8, 32), (1500, 2250), "default", 16384
+    BACKBONE, N_IMAGES, SOURCE_HW, AUGMENT, BUDGET, PRECISION = (
+        "siglip2-b16-512", pick(8, 32), (1500, 2250), "default", 16384, "bf16")
 else:
-    BACKBONE, N_IMAGES, SOURCE_HW, AUGMENT, BUDGET = "siglip2-tiny", pick(3, 6), (60, 80), "none", 4096
+    BACKBONE, N_IMAGES, SOURCE_HW, AUGMENT, BUDGET, PRECISION = (
+        "siglip2-tiny", pick(3, 6), (60, 80), "none", 4096, "fp32")
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A store + fp32 pickles of the same targets; returns a dict of paths and the backbone."""
-    from spar_fast.store import FeatureStore, extract_features
+    """A store of N photos (stand-in teacher: random targets of the right shape; the step's cost
+    does not depend on their values), the backbone, and the items on the device."""
+    from skimage import data
+
+    from spar_fast.store import extract_features
 
     root = tmp_path_factory.mktemp("train_bench")
-    rng = np.random.default_rng(0)
     os.makedirs(root / "img")
-    for i in range(N_IMAGES):
-        pixels = rng.integers(0, 256, (*SOURCE_HW, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "img" / f"{i:03d}.jpg", quality=90)
-    device = "cuda" if ON_GPU else "cpu"
+    photo = Image.fromarray(data.astronaut()).resize((SOURCE_HW[1], SOURCE_HW[0]), Image.BICUBIC)
+    rng = np.random.default_rng(0)
+    for i in range(N_IMAGES):  # fresh noise per image so JPEGs differ
+        noisy = np.clip(np.asarray(photo).astype(np.int16) + rng.integers(-8, 9, (*SOURCE_HW, 3)), 0, 255)
+        Image.fromarray(noisy.astype(np.uint8)).save(root / "img" / f"{i:03d}.jpg", quality=90)
     bb = sf.Backbone.from_pretrained(BACKBONE, pretrained=False)
 
-    def teacher(image):  # stand-in teacher: random features on the student's grid
+    def teacher(image):
         h, w = bb.grid(image.shape[1], image.shape[2])
         return torch.randn(h, w, bb.feature_dim)
 
     store = str(root / "store")
     extract_features(str(root / "img"), store, backbone=bb, stride=24, augment=AUGMENT, device="cpu",
-                     teacher_fn=teacher, progress=False)
-    fs = FeatureStore(store)
-    os.makedirs(root / "pkl")
-    for rec in fs.records:  # the reference's target format: one fp32 pickle [1, h, w, C] per image
-        with open(root / "pkl" / f"{rec.image_id}.pkl", "wb") as f:
-            pickle.dump(fs.get(rec.image_id)[0].float()[None], f)
+                     teacher_fn=teacher, progress=False, workers=1)
     trainable = apply_unfreeze("blk_-1,blk_-2", bb)
-    bb.to(device).train()
-    return dict(store=store, pkl=str(root / "pkl"), bb=bb, trainable=trainable, device=torch.device(device),
-                records=fs.records, fs=fs)
+    bb.to(DEVICE).train()
+    ds = StoreDataset(store, bb.mean, bb.std, decode="pil", stage="cpu")
+    items = [prepare_chunk(collate_chunk([ds[i]]), bb.mean, bb.std, DEVICE) for i in range(len(ds))]
+    images = [im[0] for im, _, _ in items]
+    targets = [t[0] for _, t, _ in items]
+    return dict(store=store, bb=bb, trainable=trainable, images=images, targets=targets, tokens=ds.tokens())
 
 
-def train_flop(bb, first_block: int, tokens: list[int]) -> float:
-    """SPEC §7: per block and image 24·d²·n + 4·n²·d forward; trainable blocks count 3x."""
-    d = bb.feature_dim if bb.family == "siglip2" else bb.model.visual.transformer.width
-    per_block = sum(24 * d * d * n + 4 * n * n * d for n in tokens)
-    return per_block * (first_block + 3 * (bb.num_blocks - first_block))
+def _params(bb):
+    return [p for p in bb.model.parameters() if p.requires_grad]
 
 
 def _reference_epoch(s, opt, scaler):
-    bb, device, fs = s["bb"], s["device"], s["fs"]
-    for rec in s["records"]:
-        image = normalize(fs.input_image(rec.image_id, check_source=False), bb.mean, bb.std)
-        with open(os.path.join(s["pkl"], f"{rec.image_id}.pkl"), "rb") as f:
-            target = pickle.load(f)[0].to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=ON_GPU):
-            out = bb(image.to(device)[None])[0]
-        loss = F.mse_loss(out.float(), target)
+    bb = s["bb"]
+    for x, t in zip(s["images"], s["targets"]):
+        with torch.autocast(DEVICE.type, dtype=torch.float16, enabled=ON_GPU):
+            out = bb(x[None])[0]
+        loss = F.mse_loss(out.float(), t)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        loss.item()  # the reference logs the loss every step
 
 
-def _fast_epoch(s, opt, sampler, dataset, workers):
-    bb, device = s["bb"], s["device"]
-    plan = sampler.epoch_plan(0)
-    loader = iter(make_loader(dataset, [c for step in plan for c in step], workers, pin_memory=ON_GPU))
-    for step in plan:
-        n = sum(len(c) for c in step)
-        opt.zero_grad(set_to_none=True)
-        for _ in step:
-            images, targets, _ = next(loader)
-            step_loss(bb, images, targets, s["trainable"].first_block, n, device,
-                      "bf16" if ON_GPU else "fp32").backward()
-        opt.step()
+def _step_epoch(s, step, plan):
+    for chunks in plan:
+        n = sum(len(c) for c in chunks)
+        step(([[s["images"][i] for i in c], [s["targets"][i] for i in c]] for c in chunks), n, 2e-5)
+    step.read()  # the trainer's log read: one sync per log interval
 
 
-@pytest.mark.parametrize("variant", ["reference", "fast"])
+def _record(benchmark, s, variant, budget):
+    seconds = benchmark.stats.stats.median
+    benchmark.extra_info.update(variant=variant, device=str(DEVICE), images=N_IMAGES, tokens=sum(s["tokens"]),
+                                budget=budget, precision=PRECISION if variant != "reference" else
+                                ("fp16" if ON_GPU else "fp32"), images_per_s=N_IMAGES / seconds)
+    if ON_GPU:
+        benchmark.extra_info["mfu"] = mfu(train_flop(s["bb"], s["trainable"].first_block, s["tokens"]), seconds)
+
+
+@pytest.mark.parametrize("variant", ["reference", "batch1", "packed"])
 def test_train_step(benchmark, setup, variant):
     s = setup
     bb = s["bb"]
-    params = [p for p in bb.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=1e-4)
-    tokens = [r.grid_hw[0] * r.grid_hw[1] for r in s["records"]]
+    params = _params(bb)
     if variant == "reference":
-        scaler = torch.amp.GradScaler(s["device"].type, enabled=ON_GPU)
+        opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=1e-4)
+        scaler = torch.amp.GradScaler(DEVICE.type, enabled=ON_GPU)
         run = lambda: _reference_epoch(s, opt, scaler)  # noqa: E731
     else:
-        dataset = StoreDataset(s["store"], bb.mean, bb.std)
-        sampler = PackingSampler(tokens, BUDGET, seed=0)
-        workers = 4 if ON_GPU else 0  # CPU: a worker process would compete for the same cores
-        run = lambda: _fast_epoch(s, opt, sampler, dataset, workers)  # noqa: E731
-    benchmark.group = f"train {BACKBONE} {len(tokens)} images"
-    benchmark.extra_info.update(variant=variant, device=str(s["device"]), quick=QUICK, images=len(tokens),
-                                tokens=sum(tokens), budget=BUDGET if variant == "fast" else None)
-    run()  # warm-up: allocator, kernels, worker start-up paths
+        budget = BUDGET if variant == "packed" else None
+        step = TrainStep(bb, params, make_optimizer(params, 2e-5, 1e-4), torch.amp.GradScaler(DEVICE.type, enabled=False),
+                         s["trainable"].first_block, PRECISION)
+        plan = PackingSampler(s["tokens"], budget, seed=0).epoch_plan(0)
+        run = lambda: _step_epoch(s, step, plan)  # noqa: E731
+    benchmark.group = f"train step {BACKBONE} {N_IMAGES} images"
+    run()  # warm-up: allocator, kernels, autotuning
 
     def timed():
         run()
         sync()
 
-    benchmark.pedantic(timed, rounds=pick(2, 3), iterations=1)
-    seconds = benchmark.stats.stats.median
-    benchmark.extra_info["images_per_s"] = len(tokens) / seconds
-    if ON_GPU:
-        benchmark.extra_info["mfu"] = train_flop(bb, s["trainable"].first_block, tokens) / seconds / PEAK_BF16
+    benchmark.pedantic(timed, rounds=pick(2, 5), iterations=1)
+    _record(benchmark, s, variant, BUDGET if variant == "packed" else None)
 
 
-@pytest.mark.parametrize("variant", ["reference", "fast"])
-def test_loader(benchmark, setup, variant):
+def test_train_epoch(benchmark, setup):
+    """Data loading + step, as the trainer runs them (loader, prefetch, step)."""
     s = setup
     bb = s["bb"]
-    if variant == "reference":
-        def run():
-            for rec in s["records"]:
-                normalize(s["fs"].input_image(rec.image_id, check_source=False), bb.mean, bb.std)
-                with open(os.path.join(s["pkl"], f"{rec.image_id}.pkl"), "rb") as f:
-                    pickle.load(f)
-    else:
-        dataset = StoreDataset(s["store"], bb.mean, bb.std)
-        workers = min(4, os.cpu_count() or 1) if ON_GPU else 0  # CPU: in-process, as training there
+    params = _params(bb)
+    # GPU: the path that feeds 600 images/s (workers read bytes, nvJPEG decodes); CPU: the fastest CPU decode
+    decode = next(d for d in ("nvjpeg", "torchvision", "pil") if available(d, DEVICE) and (ON_GPU or d != "nvjpeg"))
+    stage = "device" if ON_GPU else "cpu"
+    ds = StoreDataset(s["store"], bb.mean, bb.std, decode=decode, stage=stage)
+    sampler = PackingSampler(ds.tokens(), BUDGET, seed=0)
+    step = TrainStep(bb, params, make_optimizer(params, 2e-5, 1e-4), torch.amp.GradScaler(DEVICE.type, enabled=False),
+                     s["trainable"].first_block, PRECISION)
+    workers = min(15, (os.cpu_count() or 2) - 1) if ON_GPU else 0
 
-        def run():
-            for _ in make_loader(dataset, [[i] for i in range(len(dataset))], workers, pin_memory=ON_GPU):
-                pass
-    benchmark.group = f"loader {BACKBONE} {len(s['records'])} images"
-    benchmark.extra_info.update(variant=variant, quick=QUICK, images=len(s["records"]))
-    t0 = time.perf_counter()
-    benchmark.pedantic(run, rounds=pick(2, 3), iterations=1)
-    benchmark.extra_info["images_per_s"] = len(s["records"]) / benchmark.stats.stats.median
-    benchmark.extra_info["wall_s"] = time.perf_counter() - t0
+    def run():
+        plan = sampler.epoch_plan(0)
+        loader = make_loader(ds, [c for chunks in plan for c in chunks], workers, pin_memory=ON_GPU)
+        chunks = device_chunks(loader, lambda c: prepare_chunk(c, bb.mean, bb.std, DEVICE), DEVICE)
+        for step_chunks in plan:
+            step((next(chunks)[:2] for _ in step_chunks), sum(len(c) for c in step_chunks), 2e-5)
+        step.read()
+
+    benchmark.group = f"train epoch {BACKBONE} {N_IMAGES} images (loader + step)"
+    run()
+
+    def timed():
+        run()
+        sync()
+
+    benchmark.pedantic(timed, rounds=pick(1, 3), iterations=1)
+    _record(benchmark, s, "packed+loader", BUDGET)
+    benchmark.extra_info.update(decode=decode, stage=stage, workers=workers)

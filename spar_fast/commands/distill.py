@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     from ..options import add_options, arg_type, at_least
+    from ..store.codec import TARGET_DTYPES
     from ..train.config import TrainConfig
     from .args import add_backbone, add_weights
     from .train import TRAINING
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
                    help="teacher window stride in pixels")
     p.add_argument("--augment", default="default", choices=("default", "extended", "none"),
                    help="augmentation drawn once per image (SPEC §3)")
-    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"),
+    p.add_argument("--dtype", default="fp16", choices=tuple(TARGET_DTYPES),
                    help="storage dtype of the teacher features")
     add_options(p, TrainConfig, TRAINING)
     p.set_defaults(run=run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.images import DEFAULT_MAX_PIXELS
+from ..store.codec import TARGET_DTYPES
 from ..errors import UserError
 
 _SHOW_SKIPPED = 20  # skipped images listed one per line in the summary; the rest are counted
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> None:
                    help="SPAR augmentation: default (scale 2048x1024, rho in [0.5,1]), extended "
                         "(2560x2560, rho in [0.2,1]) or none (only resized to multiples of 16, "
                         "short side >= 512)")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16",
+    p.add_argument("--dtype", choices=tuple(TARGET_DTYPES), default="fp16",
                    help="stored target precision (default: fp16)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)")

@@ -33,8 +33,10 @@ import os
 
 import torch
 
+from .codec import TARGET_DTYPES
+
 FORMAT = "spar_fast.store/2"
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = TARGET_DTYPES  # stored target encodings (spar_fast/store/codec.py): fp16, bf16, fp32, fp8_e4m3
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 CONFIG_NAME = "store.json"
 MANIFEST_NAME = "manifest.json"
@@ -55,6 +57,16 @@ def _xxh3():
 def tensor_digest(t: torch.Tensor) -> str:
     """XXH3-128 (hex) of the tensor's bytes as stored (contiguous, native byte order)."""
     return bytes_digest(memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+
+
+def target_digest(stored) -> str:
+    """XXH3-128 (hex) of a stored target (:class:`~spar_fast.store.codec.StoredTarget`): its
+    data bytes, then its fp8 scale bytes when it has one."""
+    h = _xxh3()
+    for t in (stored.data, stored.scale):
+        if t is not None:
+            h.update(memoryview(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def bytes_digest(data) -> str:

@@ -10,7 +10,8 @@ from safetensors import safe_open
 from ..data.augment import apply_augment
 from ..data.images import load_image, printable_id
 from ..errors import UserError
-from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, tensor_digest
+from .codec import StoredTarget, read_stored_target
+from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, target_digest
 from .records import StoreRecord
 from .writer import read_manifest
 
@@ -112,22 +113,25 @@ class FeatureStore:
         self._handles[shard] = handle
         return handle
 
-    def get(self, image_id: str) -> tuple[torch.Tensor, StoreRecord]:
-        """``(target [h, w, C] stored dtype, record)`` for one ok image, verified."""
+    def get(self, image_id: str, decoded: bool = True) -> tuple[torch.Tensor | StoredTarget, StoreRecord]:
+        """``(target [h, w, C], record)`` for one ok image, verified against its record (shape,
+        dtype, XXH3-128 of the stored bytes, fp8 scale included): the stored dtype (fp8 targets
+        decoded to fp32); ``decoded=False``: the :class:`StoredTarget` itself (zero-copy views of
+        the memory-mapped shard), for decoding on the training device."""
         rec = self.record(image_id)
-        where = f"{self.path}: target of image {image_id!r} in shard {rec.shard}"
+        where = f"{self.path}: target of image {printable_id(image_id)!r} in shard {rec.shard}"
         try:
-            target = self._handle(rec.shard).get_tensor(rec.key)
-        except Exception as exc:  # missing file, bad header, truncated data (safetensors / OS)
-            first = (str(exc).splitlines() or [exc.__class__.__name__])[0][:100]
+            stored = read_stored_target(os.path.join(self.path, SHARD_DIR, rec.shard), rec.key)
+        except Exception as exc:  # missing file, bad header, truncated data
+            first = (str(exc).splitlines() or [exc.__class__.__name__])[0][:160]
             raise CorruptStoreError(f"{where} is unreadable ({first}); {_REPAIR}") from None
         want = (*rec.grid_hw, rec.channels)
-        if tuple(target.shape) != want or target.dtype != DTYPES.get(rec.dtype):
-            raise CorruptStoreError(f"{where} is {target.dtype} {list(target.shape)}, its index "
-                                    f"says {rec.dtype} {list(want)}; {_REPAIR}")
-        if self.verify_reads and tensor_digest(target) != rec.checksum:
+        if tuple(stored.data.shape) != want or stored.data.dtype != DTYPES.get(rec.dtype):
+            raise CorruptStoreError(f"{where} is {stored.data.dtype} {list(stored.data.shape)}, its "
+                                    f"index says {rec.dtype} {list(want)}; {_REPAIR}")
+        if self.verify_reads and target_digest(stored) != rec.checksum:
             raise CorruptStoreError(f"{where} is corrupt (checksum mismatch); {_REPAIR}")
-        return target, rec
+        return (stored.decode() if decoded else stored), rec
 
     def input_image(self, image_id: str, check_source: bool = True) -> torch.Tensor:
         """The augmented input the target was computed from: float32 ``[3, H, W]`` in [0, 1]

@@ -17,13 +17,19 @@ from safetensors import safe_open
 from ..atomic import TEMP_SUFFIX
 from ..data.images import printable_id
 from ..lock import LOCK_NAME
+from .codec import FP8, SCALE_SUFFIX, StoredTarget
 from .layout import (CONFIG_NAME, DTYPES, FORMAT, MANIFEST_NAME, SHARD_DIR, file_digest, read_json,
-                     tensor_digest)
+                     target_digest)
 from .reader import source_changed
 from .records import StoreRecord
 from .writer import read_manifest
 
 EXIT_CODES = {"complete": 0, "corrupt": 1, "not a store": 2, "unfinished": 3, "sources changed": 4}
+
+
+def _shard_keys(rec: dict) -> tuple[str, ...]:
+    """The shard entries of an ok record: its target, and its scale for fp8."""
+    return (rec["key"], rec["key"] + SCALE_SUFFIX) if rec.get("dtype") == FP8 else (rec["key"],)
 
 
 def _check_record(rec: dict, name: str, config: dict, handle, errors: list[str]):
@@ -34,6 +40,7 @@ def _check_record(rec: dict, name: str, config: dict, handle, errors: list[str])
         return
     try:
         t = handle.get_tensor(rec["key"])
+        scale = handle.get_tensor(rec["key"] + SCALE_SUFFIX) if rec["dtype"] == FP8 else None
     except Exception as exc:  # missing key, unreadable data
         errors.append(f"{where}: tensor {rec.get('key')!r} unreadable ({exc})")
         return
@@ -43,7 +50,7 @@ def _check_record(rec: dict, name: str, config: dict, handle, errors: list[str])
                       f"{rec['dtype']} {[h, w, rec['channels']]}")
     if [d // config["patch_size"] for d in rec["image_hw"]] != [h, w]:
         errors.append(f"{where}: grid {h}x{w} does not match image {rec['image_hw']} / {config['patch_size']}")
-    if tensor_digest(t) != rec["checksum"]:
+    if target_digest(StoredTarget(t, scale)) != rec["checksum"]:
         errors.append(f"{where}: tensor checksum mismatch")
 
 
@@ -71,7 +78,7 @@ def _check_chunk(shard_dir: str, chunk: dict, config: dict, report: dict) -> lis
     ok = [r for r in records if r.get("status") == "ok"]
     try:
         with safe_open(shard, framework="pt") as handle:
-            if set(handle.keys()) != {r["key"] for r in ok}:
+            if set(handle.keys()) != {k for r in ok for k in _shard_keys(r)}:
                 errors.append(f"{name}: shard tensors do not match the index's ok records")
             for rec in records:
                 try:

@@ -30,7 +30,8 @@ from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_
 from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
-from ..store.layout import DTYPES, FORMAT, SHARD_DIR, chunk_done, file_digest, tensor_digest
+from ..store.codec import StoredTarget, encode_target, stored_tensors
+from ..store.layout import DTYPES, FORMAT, SHARD_DIR, chunk_done, file_digest, target_digest
 from ..store.records import StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
@@ -126,8 +127,8 @@ def _prefetch(fn, args_list, workers: int):
             yield fut.result()
 
 
-def _target(teacher_fn, prepared: _Prepared, config: dict, device) -> torch.Tensor:
-    """Teacher output for one prepared image, checked, in the stored dtype on the CPU."""
+def _target(teacher_fn, prepared: _Prepared, config: dict, device) -> StoredTarget:
+    """Teacher output for one prepared image, checked, encoded in the stored dtype on the CPU."""
     x = prepared.image.to(device, non_blocking=True)
     out = teacher_fn(x)
     H, W = prepared.record.image_hw
@@ -136,8 +137,8 @@ def _target(teacher_fn, prepared: _Prepared, config: dict, device) -> torch.Tens
     if tuple(out.shape) != want:
         raise RuntimeError(f"teacher returned {tuple(out.shape)} for {prepared.record.image_id!r}, "
                            f"expected {want}")
-    stored = out.detach().to(DTYPES[config["dtype"]]).cpu().contiguous()
-    if not torch.isfinite(stored).all():
+    stored = encode_target(out.detach().cpu(), config["dtype"])
+    if not torch.isfinite(stored.data.float()).all():
         hint = " (exceeds the fp16 range; use --dtype bf16 or fp32)" if torch.isfinite(out).all() else ""
         raise UserError(f"non-finite teacher features for {prepared.record.image_id!r}{hint}")
     return stored
@@ -152,9 +153,9 @@ def _compute_chunk(chunk: dict, config, teacher_fn, device, workers, max_pixels,
         rec = prepared.record
         if rec.ok:
             stored = _target(teacher_fn, prepared, config, device)
-            rec = replace(rec, grid_hw=tuple(stored.shape[:2]), channels=int(stored.shape[2]),
-                          dtype=config["dtype"], shard=shard, key=rec.image_id, checksum=tensor_digest(stored))
-            tensors[rec.key] = stored
+            rec = replace(rec, grid_hw=tuple(stored.data.shape[:2]), channels=int(stored.data.shape[2]),
+                          dtype=config["dtype"], shard=shard, key=rec.image_id, checksum=target_digest(stored))
+            tensors.update(stored_tensors(rec.key, stored))
         records.append(rec)
         if bar is not None:
             bar.update(1)

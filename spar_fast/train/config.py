@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..options import at_least, check_fields, finite_above, option
+from ..data.decode import DECODES
 from ..runtime import PRECISIONS, Weights
 from .unfreeze import VALID_FORMS
 
 SCHEDULES = ("constant", "cosine")
+LOADER_STAGES = ("cpu", "device")
 
 # Settings that must equal the saved ones when a run is resumed (``epochs`` too, unless the
 # schedule is constant: training longer is then the same run continued).
@@ -42,11 +44,23 @@ class TrainConfig:
     warmup_steps: int = option(0, "linear lr warmup steps", check=at_least(0))
     precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a grad scaler",
                             choices=PRECISIONS)
-    workers: int | None = option(None, "data-loading worker processes (default: min(4, cpus) on GPU, 0 on CPU)",
-                                 check=at_least(0), kind=int)
+    workers: int | None = option(None, "data-loading worker processes (default: cpus - 1, at most 16, on "
+                                       "GPU; 0 on CPU)", check=at_least(0), kind=int)
     checkpoint_every: int = option(0, "also checkpoint every N steps (0: only at epoch ends)", check=at_least(0))
     device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda if available)", kind=str)
     seed: int = option(0, "seed of the image order (and augmentation)", check=at_least(0))
+    log_every: int = option(50, "steps between reads of the loss from the device (the loop's only host "
+                                "syncs, also at epoch ends and checkpoints)", check=at_least(1))
+    skip_nonfinite: bool = option(False, "skip images whose target or loss is not finite (counted in "
+                                         "summary.json) instead of stopping with an error",
+                                  flag="--skip-nonfinite")
+    decode: str | None = option(None, "image decode path (default: the one the store's targets were made "
+                                      "with; docs/DATAPATH.md)", choices=DECODES, kind=str)
+    loader_stage: str | None = option(None, "where images are decoded and augmented: cpu (worker "
+                                            "processes) or device (default on CUDA)",
+                                      choices=LOADER_STAGES, kind=str)
+    allow_partial: bool = option(False, "train on an unfinished store (only the targets it holds)",
+                                 flag="--allow-partial")
     resume: bool = option(True, "start over even if the output directory holds a checkpoint", flag="--no-resume")
     progress: bool = option(True, "no progress bar", flag="--quiet")
 

@@ -1,8 +1,10 @@
-"""Run reporting: ``metrics.jsonl`` (one JSON object per step) and the ``loss.png`` curve."""
+"""Run reporting: ``metrics.jsonl`` (one JSON object per step), ``summary.json`` and ``loss.png``."""
 from __future__ import annotations
 
 import json
 import os
+
+from ..atomic import atomic_write
 
 
 class MetricsLog:
@@ -18,9 +20,17 @@ class MetricsLog:
             for record in kept:
                 f.write(json.dumps(record) + "\n")
 
-    def write(self, record: dict) -> None:
+    def write_many(self, records: list[dict]) -> None:
+        """Append records (the trainer writes the steps of each log interval at once)."""
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write("".join(json.dumps(record) + "\n" for record in records))
+
+
+def write_summary(run_dir: str, summary: dict) -> str:
+    """Write ``<run_dir>/summary.json`` (atomically) and return its path."""
+    path = os.path.join(run_dir, "summary.json")
+    atomic_write(path, (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())
+    return path
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -39,7 +49,8 @@ def read_metrics(path: str) -> list[dict]:
 
 def plot_loss(run_dir: str) -> str | None:
     """Write ``<run_dir>/loss.png`` from ``metrics.jsonl`` (per-step loss and its running mean)."""
-    records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    records = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+               if r.get("loss") is not None]  # a skipped (non-finite) step has no loss
     if not records:
         return None
     import matplotlib
