@@ -128,7 +128,7 @@ def test_random_store_then_train_without_init_file(tmp_path, photos, capsys):
     store = str(tmp_path / "store")
     extract_features(photos, store, backbone="siglip2-tiny", pretrained="random:3", augment="none",
                      device="cpu", progress=False, workers=0)
-    assert FeatureStore(store).config["pretrained"] == "random:3"
+    assert FeatureStore(store).config["weights"] == "random:3"
     run = str(tmp_path / "run")
     rc = main(["train", store, "--out", run, "--epochs", "1", "--unfreeze", "blk_-1", "--lr", "1e-3",
                "--workers", "0", "--quiet", *CPU])
