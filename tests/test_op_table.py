@@ -35,19 +35,16 @@ def test_automatic_order_ends_with_the_reference(clean_env):
         assert op.pick(CPU, torch.zeros(1, 1, 1)).backend == "torch"
 
 
-def test_per_op_variable_is_strict(clean_env):
-    clean_env.setenv("SPAR_FAST_BACKEND_STITCH_FINALIZE", "triton")
-    with pytest.raises(UserError, match="no 'triton' implementation"):
-        _backend.table()["stitch_finalize"].pick(CPU)
-    clean_env.setenv("SPAR_FAST_BACKEND_STITCH_FINALIZE", "cuda")
-    with pytest.raises(UserError, match="no 'cuda' implementation"):
-        _backend.table()["stitch_finalize"].pick(CPU)
-    clean_env.setenv("SPAR_FAST_BACKEND_STITCH", "cuda")
-    with pytest.raises(UserError, match="not available on cpu"):
-        _backend.table()["stitch"].pick(CPU)
-    clean_env.setenv("SPAR_FAST_BACKEND_STITCH", "gpu")
-    with pytest.raises(UserError, match="expected auto or one of"):
-        _backend.table()["stitch"].pick(CPU)
+@pytest.mark.parametrize("op,value,message", [
+    ("stitch_finalize", "triton", "no 'triton' implementation"),
+    ("stitch_finalize", "cuda", "no 'cuda' implementation"),
+    ("stitch", "cuda", "not available on cpu"),
+    ("stitch", "gpu", "expected auto or one of"),
+])
+def test_per_op_variable_is_strict(clean_env, op, value, message):
+    clean_env.setenv(f"SPAR_FAST_BACKEND_{op.upper()}", value)
+    with pytest.raises(UserError, match=message):
+        _backend.table()[op].pick(CPU)
 
 
 def test_global_variable_applies_where_the_backend_exists(clean_env):
