@@ -10,6 +10,7 @@ The Triton cases (custom ops, run by the interpreter on CPU) skip without Triton
 import pytest
 import torch
 
+from backends import backend_params
 from spar_fast import _backend
 from spar_fast.ops import seg_head, stitch_finalize, upsample_stitch_, varlen_attention
 from spar_fast.ops.bilinear import bilinear_taps
@@ -48,7 +49,7 @@ def test_compiled_kernels_trace_in_one_graph():
     assert count.sum() == 4 * (g * r) ** 2  # the in-place update reached the caller's tensors
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch"])
+@pytest.mark.parametrize("backend", backend_params(pytest.param("cpp", marks=needs_cpp), "torch"))
 def test_stitch_compiled_equals_eager(backend, monkeypatch):
     monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH", backend)
     monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH_FINALIZE", backend)
@@ -66,8 +67,8 @@ def test_stitch_compiled_equals_eager(backend, monkeypatch):
         torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "torch",
-                                     pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", backend_params(pytest.param("cpp", marks=needs_cpp), "torch",
+                                                   pytest.param("triton", marks=needs_triton)))
 def test_seg_head_compiled_equals_eager(backend, monkeypatch):
     monkeypatch.setenv("SPAR_FAST_BACKEND_SEG_HEAD", backend)
     logits = torch.randn(6, 7, 5)
@@ -79,7 +80,7 @@ def test_seg_head_compiled_equals_eager(backend, monkeypatch):
     assert torch.equal(_compile(head)(logits), head(logits))
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", backend_params("torch", pytest.param("triton", marks=needs_triton)))
 def test_varlen_attention_compiled_equals_eager(backend, monkeypatch):
     """Forward and backward (Triton: the custom ops' registered autograd)."""
     monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", backend)

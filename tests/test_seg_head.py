@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backends import backend_params
 from labelmaps import assert_labels_match, class_scores
 from spar_fast import _backend
 from spar_fast.errors import UserError
@@ -21,10 +22,10 @@ def _has_cpp() -> bool:
     return _backend.cpu_extension(torch.device("cpu"))
 
 
-BACKENDS = [
+BACKENDS = backend_params(
     pytest.param("cpp", marks=pytest.mark.skipif(not _has_cpp(), reason="spar_fast._C not built")),
     pytest.param("triton", marks=pytest.mark.skipif(not _backend.triton_available(), reason="no Triton")),
-]
+)
 
 
 def _smooth_logits(h, w, Q, dtype=torch.float32, class_shift=None, q2c=None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backends import backend_params
 from spar_fast import _backend
 from spar_fast.errors import UserError
 from spar_fast.ops.stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,
@@ -22,7 +23,7 @@ ULP_FLOOR = 8 * torch.finfo(torch.float32).eps  # a few fp32 roundings of the la
 
 def _backends():
     ext = pytest.mark.skipif(_backend.extension() is None, reason="spar_fast._C not built")
-    return [pytest.param("torch"), pytest.param("cpp", marks=ext)]
+    return backend_params("torch", pytest.param("cpp", marks=ext))
 
 
 @pytest.fixture(params=_backends())
@@ -85,7 +86,7 @@ GPU_CASES = CASES + [(64, 32, 2, 768, 100, 140)]  # SigLIP2 windows (g=32, C=768
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("gpu_backend", ["torch", "cuda"])
+@pytest.mark.parametrize("gpu_backend", backend_params("torch", "cuda"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "N{}_g{}_r{}_C{}_{}x{}".format(*c))
 def test_gpu_upsample_stitch_matches_reference(gpu_backend, case, dtype, monkeypatch):
