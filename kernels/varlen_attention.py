@@ -9,11 +9,11 @@ block of rows of ONE sequence and loops only over the blocks of that same sequen
 from ``cu_seqlens``), so tiles that would cross an image boundary are never visited. Only the
 ragged tail block of a sequence is masked; programs whose block starts past their sequence's
 length exit at once. ``lse`` is kept in base 2 (``log2 sum exp2(s * scale * log2 e)``) because the
-kernels use ``exp2``; it stays inside :class:`VarlenAttention` (saved for the backward).
+kernels use ``exp2``; it stays inside the custom ops (saved for the backward).
 
 Forward and backward are torch.library custom ops (autograd registered on the forward), so
-``torch.compile`` traces through them. Backward follows FlashAttention-2 without atomics: a preprocess kernel for
-``delta = rowsum(dO * O)``, a dK/dV kernel (one program per key block, loop over the query blocks
+``torch.compile`` traces through them. Backward follows FlashAttention-2 without atomics: a
+preprocess kernel for ``delta = rowsum(dO * O)``, a dK/dV kernel (one program per key block, loop over the query blocks
 of its sequence) and a dQ kernel (one program per query block, loop over key blocks).
 """
 from __future__ import annotations
