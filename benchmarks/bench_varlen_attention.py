@@ -7,9 +7,9 @@ On CPU the lengths shrink (by 16, or 64 under SPAR_FAST_BENCH_QUICK=1) and run i
 Variants (one group per mode and size):
 * ``reference`` -- ``varlen_attention_reference``: one SDPA call per image.
 * ``padded`` -- one SDPA call on the batch padded to the longest image, keys masked.
-* ``torch_varlen`` -- ``torch.nn.attention.varlen.varlen_attn`` through the dispatcher
-  (``SPAR_FAST_VARLEN_IMPL=torch_varlen``); CUDA, torch >= 2.10.
-* ``triton`` -- the Triton kernels (``SPAR_FAST_BACKEND_VARLEN_ATTENTION=triton``); CUDA.
+* ``torch_varlen``, ``flash_attn``, ``triton`` -- the product's ``varlen_attention`` forced to that
+  backend (``SPAR_FAST_BACKEND_VARLEN_ATTENTION``); CUDA (torch_varlen: torch >= 2.10;
+  flash_attn: the flash-attn package). Their medians decide the automatic CUDA order.
 ``extra_info["tflops"]``: attention FLOPs (4 n^2 D H per image forward, 2.5x that backward) over
 the median time (CUDA-event median on GPU).
 """
@@ -20,12 +20,12 @@ import torch
 
 from spar_fast.ops.varlen_attention import varlen_attention, varlen_attention_reference
 
-from conftest import ON_GPU, pick, run_variant  # noqa: E402
+from conftest import ON_GPU, pick, require_backend, run_variant  # noqa: E402
 
 FULL_LENGTHS = [6144, 3456, 1536, 8192]
 if ON_GPU:
     LENGTHS, HEADS, DIM, DTYPE = FULL_LENGTHS, 12, 64, torch.bfloat16
-    VARIANTS = ["reference", "padded", "torch_varlen", "triton"]
+    VARIANTS = ["reference", "padded", "flash_attn", "torch_varlen", "triton"]
 else:
     shrink = pick(64, 16)
     LENGTHS, HEADS, DIM, DTYPE = [n // shrink for n in FULL_LENGTHS], pick(2, 12), 64, torch.float32
@@ -56,18 +56,14 @@ def make_attention(variant, cu_seqlens, monkeypatch):
         mask = (torch.arange(longest, device=device)[None, :]
                 < torch.tensor(lengths, device=device)[:, None]).view(len(lengths), 1, 1, longest)
         return lambda q, k, v: padded_attention(q, k, v, index, mask, len(lengths), longest)
-    if variant == "torch_varlen":
-        pytest.importorskip("torch.nn.attention.varlen")
-        monkeypatch.setenv("SPAR_FAST_VARLEN_IMPL", "torch_varlen")
-    else:
-        monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", variant)
+    require_backend("varlen_attention", variant, cu_seqlens.device)
+    monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", variant)
     return lambda q, k, v: varlen_attention(q, k, v, cu_seqlens, longest)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", MODES)
 def test_varlen_attention(benchmark, device, monkeypatch, mode, variant):
-    monkeypatch.delenv("SPAR_FAST_VARLEN_IMPL", raising=False)
     monkeypatch.delenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", raising=False)
     cu = torch.tensor([0] + torch.tensor(LENGTHS).cumsum(0).tolist(), dtype=torch.int32, device=device)
     total = sum(LENGTHS)

@@ -56,7 +56,8 @@ def cuda_time_ms(fn, warmup: int = WARMUP, rounds: int = ROUNDS) -> float:
 
 def require_backend(op: str, backend: str, device: torch.device) -> None:
     """Skip the current benchmark when ``backend`` cannot run ``op`` on ``device``."""
-    if backend != "torch" and not _backend.available(backend, device):
+    impl = _backend.table()[op].impls.get(backend)
+    if impl is None or not impl.available(device):
         pytest.skip(f"{op}: backend {backend!r} not available on {device.type}")
 
 

@@ -1,7 +1,7 @@
 // Fused segmentation head (SPEC §5 steps 2-3), CPU: [h, w, Q] logits -> [H, W] int64 labels.
 //
 // seg_head_pass: per output pixel the bilinear value of every query (align_corners=False, taps
-// precomputed in Python as ATen computes them), z = up * scale + bias, the first maximal query
+// from the host: spar_fast.ops.bilinear.bilinear_taps), z = up * scale + bias, the first maximal query
 // among the allowed ones (queries arrive sorted by class, so exact ties go to the lowest class),
 // and, when prob_thd > 0, its softmax probability exp(z_best - m) / sum_q exp(z_q - m) compared
 // with prob_thd. Parallel over output rows; each thread keeps the two source rows it needs,
@@ -9,6 +9,7 @@
 // when its rows move to a new source row (every r-th output row when upsampling by r).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ATen.h>
 
 #include <cmath>
 #include <cstring>
@@ -157,7 +158,9 @@ void seg_head_rows(const T* x, const Params& p, int64_t* out, int64_t begin, int
   }
 }
 
-at::Tensor seg_head_pass(const at::Tensor& x, const at::Tensor& qcls, const std::optional<at::Tensor>& qallowed,
+}  // namespace
+
+at::Tensor seg_head_pass_cpu(const at::Tensor& x, const at::Tensor& qcls, const std::optional<at::Tensor>& qallowed,
                          const at::Tensor& yidx, const at::Tensor& ywt, const at::Tensor& xidx,
                          const at::Tensor& xwt, double scale, double bias, double prob_thd) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "seg_head_pass: x must be a contiguous CPU [h, w, Q] tensor");
@@ -188,12 +191,3 @@ at::Tensor seg_head_pass(const at::Tensor& x, const at::Tensor& qcls, const std:
   return out;
 }
 
-}  // namespace
-
-void register_seg_head(pybind11::module& m) {
-  m.def("seg_head_pass", &seg_head_pass,
-        "Fused segmentation head pass: [h,w,Q] logits (queries sorted by class) -> [H,W] int64 labels",
-        pybind11::arg("x"), pybind11::arg("qcls"), pybind11::arg("qallowed"), pybind11::arg("yidx"),
-        pybind11::arg("ywt"), pybind11::arg("xidx"), pybind11::arg("xwt"), pybind11::arg("scale"),
-        pybind11::arg("bias"), pybind11::arg("prob_thd"));
-}

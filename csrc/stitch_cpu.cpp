@@ -8,6 +8,8 @@
 // canvas rows, each looping over windows in window order: no races, deterministic results.
 // fp16/bf16 features are converted to fp32 once per call (into a reused per-thread buffer).
 // stitch_finalize: out [h,w,C] = bilinear resize of canvas / max(count, 1), fused in one pass.
+// All bilinear taps come from the host (spar_fast.ops.bilinear.bilinear_taps); none are derived here.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -21,22 +23,27 @@
 
 namespace {
 
-// Source taps of bilinear resize, align_corners=False, as ATen computes them:
-// src = max(scale * (dst + 0.5) - 0.5, 0), i0 = floor(src), i1 = min(i0 + 1, in - 1).
+// Bilinear taps of one axis, as spar_fast.ops.bilinear.bilinear_taps computes them on the host
+// (the one definition shared by every kernel): index int32 [2, n] = (i0, i1), weight fp32 [2, n] =
+// (w0, w1) for n output positions.
 struct Taps {
-  std::vector<int64_t> i0, i1;
-  std::vector<float> w0, w1;
-  Taps(int64_t in, int64_t out, float scale) : i0(out), i1(out), w0(out), w1(out) {
-    for (int64_t o = 0; o < out; ++o) {
-      const float src = std::max(scale * (static_cast<float>(o) + 0.5f) - 0.5f, 0.0f);
-      const int64_t a = std::min(static_cast<int64_t>(src), in - 1);
-      i0[o] = a;
-      i1[o] = a + (a < in - 1 ? 1 : 0);
-      w1[o] = src - static_cast<float>(a);
-      w0[o] = 1.0f - w1[o];
-    }
-  }
+  const int32_t* i0;
+  const int32_t* i1;
+  const float* w0;
+  const float* w1;
+  Taps(const at::Tensor& index, const at::Tensor& weight)
+      : i0(index.data_ptr<int32_t>()), i1(i0 + index.size(1)), w0(weight.data_ptr<float>()),
+        w1(w0 + weight.size(1)) {}
 };
+
+void check_taps(const at::Tensor& index, const at::Tensor& weight, int64_t n, const char* name) {
+  TORCH_CHECK(index.is_cpu() && index.scalar_type() == at::kInt && index.is_contiguous() && index.dim() == 2 &&
+                  index.size(0) == 2 && index.size(1) == n,
+              name, ": index must be a contiguous CPU int32 [2, ", n, "] tensor");
+  TORCH_CHECK(weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.is_contiguous() &&
+                  weight.sizes() == index.sizes(),
+              name, ": weight must be a contiguous CPU fp32 tensor shaped like its index");
+}
 
 // Exact restructuring by linearity (up to fp32 summation order). Per axis, the clamped per-window
 // upsample operator C (rows: canvas offsets o relative to the window origin) is U + D, where U is
@@ -51,13 +58,12 @@ struct PhaseTaps {  // unclamped taps: output offset t -> (floor index a0, weigh
   int64_t r;
   std::vector<int64_t> a;  // a' for t = m + r, m in [0, r)
   std::vector<float> lam;
-  explicit PhaseTaps(int64_t r_) : r(r_), a(r_), lam(r_) {
-    const float scale = static_cast<float>(1.0 / static_cast<double>(r_));
+  // From the host taps of a 2-cell input upsampled by r: its outputs r + m (m in [0, r)) are
+  // interior (src in (0.5, 1.5)), so their (i0, w1) are the unclamped (a'[m], lam[m]).
+  PhaseTaps(int64_t r_, const Taps& two) : r(r_), a(r_), lam(r_) {
     for (int64_t m = 0; m < r_; ++m) {
-      const float src = scale * (static_cast<float>(m + r_) + 0.5f) - 0.5f;
-      const int64_t ai = static_cast<int64_t>(std::floor(src));
-      a[m] = ai;
-      lam[m] = src - static_cast<float>(ai);
+      a[m] = two.i0[r_ + m];
+      lam[m] = two.w1[r_ + m];
     }
   }
   void at(int64_t t, int64_t& a0, float& l) const {
@@ -79,13 +85,11 @@ struct ColTap {  // class column tap into the zero-padded blended row
 };
 
 void stitch_rows(float* canvas, float* count, const float* feats, const int64_t* origins, int64_t N,
-                 int64_t g, int64_t C, int64_t r, int64_t Wc, int64_t y0, int64_t y1) {
+                 int64_t g, int64_t C, int64_t r, int64_t Wc, int64_t y0, int64_t y1, const Taps& taps,
+                 const PhaseTaps& pt) {
   if (N == 0 || y0 >= y1) return;
   const int64_t G = g * r;
   const int64_t gC = g * C;
-  // ATen uses 1/scale_factor computed in double, then opmath float; exact for powers of two.
-  const Taps taps(g, G, static_cast<float>(1.0 / static_cast<double>(r)));
-  const PhaseTaps pt(r);
 
   // D rows (identical for both axes): offsets o in [-r, G + r)
   std::vector<Corr> dlist;
@@ -279,9 +283,10 @@ void check_common(const at::Tensor& canvas, const at::Tensor& count) {
               "count must be a contiguous fp32 [Hc, Wc] tensor");
 }
 
-void upsample_stitch_(at::Tensor canvas, at::Tensor count, const at::Tensor& feats,
-                      const at::Tensor& origins, int64_t r, int64_t y0, int64_t y1, int64_t x0,
-                      int64_t x1) {
+}  // namespace
+
+void check_stitch_args(const at::Tensor& canvas, const at::Tensor& count, const at::Tensor& feats,
+                       const at::Tensor& origins, int64_t r, int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
   check_common(canvas, count);
   TORCH_CHECK(feats.dim() == 4 && feats.size(1) == feats.size(2) && feats.size(3) == canvas.size(2) &&
                   feats.is_contiguous(),
@@ -295,15 +300,16 @@ void upsample_stitch_(at::Tensor canvas, at::Tensor count, const at::Tensor& fea
   TORCH_CHECK(canvas.device() == feats.device() && canvas.device() == count.device() &&
                   canvas.device() == origins.device(),
               "canvas, count, feats and origins must be on one device");
-  if (canvas.is_cuda()) {
-#ifdef SPAR_FAST_WITH_CUDA
-    upsample_stitch_cuda(canvas, count, feats, origins, r, y0, y1, x0, x1);
-    return;
-#else
-    TORCH_CHECK(false, "spar_fast._C was built without CUDA kernels");
-#endif
-  }
-  TORCH_CHECK(canvas.is_cpu(), "upsample_stitch_: unsupported device");
+}
+
+void upsample_stitch_cpu(at::Tensor& canvas, at::Tensor& count, const at::Tensor& feats,
+                         const at::Tensor& origins, const at::Tensor& win_index, const at::Tensor& win_weight,
+                         const at::Tensor& phase_index, const at::Tensor& phase_weight, int64_t r, int64_t y0,
+                         int64_t y1, int64_t x0, int64_t x1) {
+  check_stitch_args(canvas, count, feats, origins, r, y0, y1, x0, x1);
+  check_taps(win_index, win_weight, feats.size(1) * r, "upsample_stitch_ window taps");
+  check_taps(phase_index, phase_weight, 2 * r, "upsample_stitch_ phase taps");
+  if (feats.size(0) == 0) return;
   // fp16/bf16 -> fp32 once, vectorized by ATen: each feature row is read ~2r times below, and
   // scalar half conversions there cost more than the whole interpolation (measured 20x on C=384).
   // The fp32 copy goes to a per-thread buffer reused across calls: a fresh allocation of this
@@ -318,19 +324,24 @@ void upsample_stitch_(at::Tensor canvas, at::Tensor count, const at::Tensor& fea
     f32 = at::from_blob(buf.data(), feats.sizes(), at::TensorOptions().dtype(at::kFloat));
     f32.copy_(feats);
   }
-  stitch_rows(canvas.data_ptr<float>(), count.data_ptr<float>(), f32.data_ptr<float>(),
-                     origins.data_ptr<int64_t>(), f32.size(0), f32.size(1), f32.size(3), r, canvas.size(1), y0, y1);
+  const Taps taps(win_index, win_weight);
+  const PhaseTaps pt(r, Taps(phase_index, phase_weight));
+  stitch_rows(canvas.data_ptr<float>(), count.data_ptr<float>(), f32.data_ptr<float>(), origins.data_ptr<int64_t>(),
+              f32.size(0), f32.size(1), f32.size(3), r, canvas.size(1), y0, y1, taps, pt);
 }
 
-at::Tensor stitch_finalize(const at::Tensor& canvas, const at::Tensor& count, int64_t h, int64_t w) {
+at::Tensor stitch_finalize_cpu(const at::Tensor& canvas, const at::Tensor& count, const at::Tensor& y_index,
+                               const at::Tensor& y_weight, const at::Tensor& x_index, const at::Tensor& x_weight) {
   check_common(canvas, count);
   TORCH_CHECK(canvas.is_cpu(), "stitch_finalize (C++) needs CPU tensors");
+  const int64_t Wc = canvas.size(1), C = canvas.size(2);
+  const int64_t h = y_index.size(-1), w = x_index.size(-1);
   TORCH_CHECK(h >= 1 && w >= 1, "output size must be positive");
-  const int64_t Hc = canvas.size(0), Wc = canvas.size(1), C = canvas.size(2);
+  check_taps(y_index, y_weight, h, "stitch_finalize row taps");
+  check_taps(x_index, x_weight, w, "stitch_finalize column taps");
   at::Tensor out = at::empty({h, w, C}, canvas.options());
-  // ATen: scale = in / out in opmath float when only the output size is given
-  const Taps ty(Hc, h, static_cast<float>(Hc) / static_cast<float>(h));
-  const Taps tx(Wc, w, static_cast<float>(Wc) / static_cast<float>(w));
+  const Taps ty(y_index, y_weight);
+  const Taps tx(x_index, x_weight);
   const float* src = canvas.data_ptr<float>();
   const float* cnt = count.data_ptr<float>();
   float* dst = out.data_ptr<float>();
@@ -356,14 +367,3 @@ at::Tensor stitch_finalize(const at::Tensor& canvas, const at::Tensor& count, in
   return out;
 }
 
-}  // namespace
-
-void register_stitch(pybind11::module& m) {
-  m.def("upsample_stitch_", &upsample_stitch_,
-        "canvas[Hc,Wc,C] += bilinear x r of feats[N,g,g,C] at origins[N,2]; count += 1 (in place)",
-        pybind11::arg("canvas"), pybind11::arg("count"), pybind11::arg("feats"), pybind11::arg("origins"),
-        pybind11::arg("r"), pybind11::arg("y0"), pybind11::arg("y1"), pybind11::arg("x0"), pybind11::arg("x1"));
-  m.def("stitch_finalize", &stitch_finalize,
-        "bilinear resize of canvas[Hc,Wc,C] / max(count[Hc,Wc], 1) to [h,w,C] (CPU)",
-        pybind11::arg("canvas"), pybind11::arg("count"), pybind11::arg("h"), pybind11::arg("w"));
-}

@@ -9,6 +9,8 @@ the reference, the argument checks and the area filter.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -81,14 +83,16 @@ def _seg_head_fwd_kernel(x_ptr, qcls_ptr, qallow_ptr, yidx_ptr, ywt_ptr, xidx_pt
     tl.store(out_ptr + p, label, mask=pmask)
 
 
-def seg_head_pass(x: torch.Tensor, qcls: torch.Tensor, qallowed: torch.Tensor | None,
+@torch.library.custom_op("spar_fast::seg_head_pass_triton", mutates_args=())
+def seg_head_pass(x: torch.Tensor, qcls: torch.Tensor, qallowed: Optional[torch.Tensor],
                   yidx: torch.Tensor, ywt: torch.Tensor, xidx: torch.Tensor, xwt: torch.Tensor,
                   scale: float, bias: float, prob_thd: float) -> torch.Tensor:
-    """One fused pass -> int64 ``[H, W]`` labels.
+    """One fused pass -> int64 ``[H, W]`` labels (a torch.library custom op, so torch.compile
+    treats the launch as one opaque op).
 
     ``x [h, w, Q]`` contiguous logits with queries sorted by class ``qcls [Q]`` (int64);
     ``qallowed [Q]`` bool or None (restrict the winner to these queries); taps from
-    ``spar_fast.ops.seg_head.bilinear_taps``: ``yidx/xidx`` int32 ``[2, H]/[2, W]``,
+    ``spar_fast.ops.bilinear.bilinear_taps``: ``yidx/xidx`` int32 ``[2, H]/[2, W]``,
     ``ywt/xwt`` fp32 ``[2, H]/[2, W]``. ``prob_thd > 0`` turns on the sum-exp.
     """
     h, w, Q = x.shape
@@ -102,3 +106,8 @@ def seg_head_pass(x: torch.Tensor, qcls: torch.Tensor, qallowed: torch.Tensor | 
                                HAS_ALLOWED=qallowed is not None, NEED_SUM=prob_thd > 0,
                                BLOCK_P=BLOCK_P, BLOCK_Q=block_q)
     return out
+
+
+@seg_head_pass.register_fake
+def _seg_head_pass_fake(x, qcls, qallowed, yidx, ywt, xidx, xwt, scale, bias, prob_thd):
+    return x.new_empty((yidx.shape[1], xidx.shape[1]), dtype=torch.int64)

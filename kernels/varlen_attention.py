@@ -9,16 +9,18 @@ block of rows of ONE sequence and loops only over the blocks of that same sequen
 from ``cu_seqlens``), so tiles that would cross an image boundary are never visited. Only the
 ragged tail block of a sequence is masked; programs whose block starts past their sequence's
 length exit at once. ``lse`` is kept in base 2 (``log2 sum exp2(s * scale * log2 e)``) because the
-kernels use ``exp2``; it stays inside :class:`VarlenAttention` (saved for the backward).
+kernels use ``exp2``; it stays inside the custom ops (saved for the backward).
 
-Backward follows FlashAttention-2 without atomics: a preprocess kernel for
-``delta = rowsum(dO * O)``, a dK/dV kernel (one program per key block, loop over the query blocks
+Forward and backward are torch.library custom ops (autograd registered on the forward), so
+``torch.compile`` traces through them. Backward follows FlashAttention-2 without atomics: a
+preprocess kernel for ``delta = rowsum(dO * O)``, a dK/dV kernel (one program per key block, loop over the query blocks
 of its sequence) and a dQ kernel (one program per query block, loop over key blocks).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import List, Tuple
 
 import torch
 import triton
@@ -349,32 +351,56 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return dq, dk, dv
 
 
-class VarlenAttention(torch.autograd.Function):
-    """``apply(q, k, v, cu_seqlens, max_seqlen, scale, cfg) -> o [T, H, D]``; differentiable in
-    q, k, v. Saves q, k, v, o and the fp32 ``lse [H, T]`` for the backward."""
+# torch.library custom ops, so torch.compile traces through the kernels as opaque ops; autograd
+# is registered on the forward op. ``config`` is the Config as a list of ints (a schema type).
+@torch.library.custom_op("spar_fast::varlen_attention_triton_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+            scale: float, config: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    return forward(q, k, v, cu_seqlens, max_seqlen, scale, Config(*config))
 
-    @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, cfg):
-        o, lse = forward(q, k, v, cu_seqlens, max_seqlen, scale, cfg)
-        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
-        ctx.max_seqlen, ctx.scale, ctx.cfg = max_seqlen, scale, cfg
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
-        dq, dk, dv = backward(do, q, k, v, o, lse, cu_seqlens, ctx.max_seqlen, ctx.scale, ctx.cfg)
-        return dq, dk, dv, None, None, None, None
+@_fwd_op.register_fake
+def _fwd_fake(q, k, v, cu_seqlens, max_seqlen, scale, config):
+    total, heads, dim = q.shape
+    return q.new_empty((total, heads, dim)), q.new_empty((heads, total), dtype=torch.float32)
+
+
+@torch.library.custom_op("spar_fast::varlen_attention_triton_bwd", mutates_args=())
+def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+            lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float,
+            config: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, Config(*config))
+
+
+@_bwd_op.register_fake
+def _bwd_fake(do, q, k, v, o, lse, cu_seqlens, max_seqlen, scale, config):
+    return tuple(q.new_empty(q.shape) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, scale, config = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens)
+    ctx.max_seqlen, ctx.scale, ctx.config = max_seqlen, scale, config
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(do.contiguous(), q, k, v, o, lse, cu_seqlens, ctx.max_seqlen, ctx.scale, ctx.config)
+    return dq, dk, dv, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                      max_seqlen: int, scale: float | None = None,
                      cfg: Config | None = None) -> torch.Tensor:
-    """Packed attention ``[T, H, D]`` through :class:`VarlenAttention` (inputs already validated:
-    same shape/dtype/device, int32 ``cu_seqlens`` on that device, ``max_seqlen`` >= every length)."""
+    """Packed attention ``[T, H, D]``, differentiable in q, k, v (inputs already validated: same
+    shape/dtype/device, int32 ``cu_seqlens`` on that device, ``max_seqlen`` >= every length)."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     cfg = cfg or default_config(q.shape[-1])
-    return VarlenAttention.apply(q, k, v, cu_seqlens, int(max_seqlen), scale, cfg)
+    return _fwd_op(q, k, v, cu_seqlens, int(max_seqlen), scale, list(astuple(cfg)))[0]
 
 
-__all__ = ["Config", "default_config", "forward", "backward", "VarlenAttention", "varlen_attention"]
+__all__ = ["Config", "default_config", "forward", "backward", "varlen_attention"]

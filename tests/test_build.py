@@ -1,4 +1,4 @@
-"""The compiled extension spar_fast._C and the import contract of the package."""
+"""The compiled extension spar_fast._C, the op table it serves, and the import contract."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,13 +18,40 @@ def _extension():
     return ext
 
 
-def test_extension_loads_and_exposes_ops():
+def _compiled(kind: str) -> list[tuple[str, str, str]]:
+    """(op, backend, compiled op name) of every table implementation of ``kind`` (cpp / cuda)."""
+    return [(op.name, impl.backend, impl.compiled) for op in _backend.table().values()
+            for impl in op.impls.values() if impl.backend == kind]
+
+
+def test_extension_loads():
     ext = _extension()
     assert isinstance(ext.has_cuda(), bool)
     assert ext.has_openmp(), "CPU kernels were compiled without OpenMP (single-threaded)"
-    for name in ("upsample_stitch_", "stitch_finalize"):
-        assert callable(getattr(ext, name))
     assert _backend.extension() is ext
+
+
+def test_every_op_has_its_cpu_kernel():
+    """Each cpp implementation of the table names a torch.ops.spar_fast op with a CPU kernel."""
+    _extension()
+    rows = _compiled("cpp")
+    assert {op for op, _, _ in rows} >= {"stitch", "stitch_finalize", "seg_head"}
+    for op, backend, name in rows:
+        assert name, f"{op}/{backend} does not name its compiled op"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"spar_fast::{name}", "CPU"), \
+            f"{op}: spar_fast::{name} has no CPU kernel in spar_fast._C"
+
+
+def test_every_cuda_op_has_its_kernel():
+    """With CUDA kernels compiled in, every cuda implementation has its CUDA kernel."""
+    ext = _extension()
+    if not ext.has_cuda():
+        pytest.skip("spar_fast._C built without CUDA kernels")
+    rows = _compiled("cuda")
+    assert {op for op, _, _ in rows} >= {"stitch"}
+    for op, backend, name in rows:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"spar_fast::{name}", "CUDA"), \
+            f"{op}: spar_fast::{name} has no CUDA kernel in spar_fast._C"
 
 
 def test_has_cuda_matches_the_build():
@@ -33,16 +60,15 @@ def test_has_cuda_matches_the_build():
     if torch.version.cuda is None:
         assert not ext.has_cuda()
     assert _backend.extension_has_cuda() == ext.has_cuda()
-    if not torch.cuda.is_available():
-        assert not _backend.available("cuda", torch.device("cpu"))
-        assert _backend.choose("stitch", torch.device("cpu")) in ("cpp", "torch")
+    assert not _backend.cuda_extension(torch.device("cpu"))
 
 
 def test_cpu_dispatch_prefers_the_extension(monkeypatch):
     _extension()
     monkeypatch.delenv("SPAR_FAST_BACKEND", raising=False)
-    monkeypatch.delenv("SPAR_FAST_BACKEND_STITCH", raising=False)
-    assert _backend.choose("stitch", torch.device("cpu")) == "cpp"
+    for name in ("stitch", "stitch_finalize", "seg_head"):
+        monkeypatch.delenv(f"SPAR_FAST_BACKEND_{name.upper()}", raising=False)
+        assert _backend.table()[name].pick(torch.device("cpu")).backend == "cpp"
 
 
 @pytest.mark.parametrize("module", ["spar_fast", "spar_fast.ops"])
@@ -56,6 +82,6 @@ def test_import_needs_only_torch(module):
 
 def test_triton_kernels_package_resolves():
     pytest.importorskip("triton")
-    kernels = _backend.triton_kernels("stitch")
-    assert kernels.__name__ == "spar_fast.kernels.stitch"
-    assert callable(kernels.upsample_stitch)
+    kernels = _backend.triton_kernels("seg_head")
+    assert kernels.__name__ == "spar_fast.kernels.seg_head"
+    assert callable(kernels.seg_head_pass)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backends import backend_params
 from spar_fast import _backend
 from spar_fast.errors import UserError
 from spar_fast.ops.stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,
@@ -21,18 +22,15 @@ ULP_FLOOR = 8 * torch.finfo(torch.float32).eps  # a few fp32 roundings of the la
 
 
 def _backends():
-    out = [pytest.param("torch")]
     ext = pytest.mark.skipif(_backend.extension() is None, reason="spar_fast._C not built")
-    out.append(pytest.param("cpp", marks=ext))
-    tri = pytest.mark.skipif(not _backend.available("triton", torch.device("cpu")),
-                             reason="Triton unavailable or TRITON_INTERPRET unset")
-    out.append(pytest.param("triton", marks=tri))
-    return out
+    return backend_params("torch", pytest.param("cpp", marks=ext))
 
 
 @pytest.fixture(params=_backends())
 def backend(request, monkeypatch):
+    """Forces both table ops of the stitch (the fold and its finalize) to one backend."""
     monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH", request.param)
+    monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH_FINALIZE", request.param)
     return request.param
 
 
@@ -49,13 +47,13 @@ def _origins(n, G, Hc, Wc, gen):
     return torch.stack([rows, cols], 1)
 
 
-# (N, g, r, C, Hc, Wc): odd channel counts (not multiples of the 64-channel Triton tile), g=1..5,
-# r=1,2,4, irregular overlaps; kept tiny because the Triton interpreter is slow.
+# (N, g, r, C, Hc, Wc): odd channel counts (not multiples of a vector width), g=1..5, r=1,2,4,
+# irregular overlaps; kept tiny so every forced backend runs them in seconds.
 CASES = [
     (1, 1, 1, 3, 1, 1),      # single 1x1 window filling a 1x1 canvas
     (6, 2, 4, 5, 13, 11),    # r=4, windows overlapping at random offsets
     (5, 5, 2, 19, 17, 23),   # g=5 odd, C=19
-    (4, 3, 2, 67, 9, 10),    # C=67: one full and one partial 64-channel tile
+    (4, 3, 2, 67, 9, 10),    # C=67: wider than one 64-channel tile
     (3, 4, 1, 2, 4, 9),      # r=1 (plain copy), windows spanning the full height
 ]
 
@@ -88,11 +86,11 @@ GPU_CASES = CASES + [(64, 32, 2, 768, 100, 140)]  # SigLIP2 windows (g=32, C=768
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("gpu_backend", ["torch", "cuda", "triton"])
+@pytest.mark.parametrize("gpu_backend", backend_params("torch", "cuda"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "N{}_g{}_r{}_C{}_{}x{}".format(*c))
 def test_gpu_upsample_stitch_matches_reference(gpu_backend, case, dtype, monkeypatch):
-    if not _backend.available(gpu_backend, torch.device("cuda")):
+    if not _backend.table()["stitch"].impls[gpu_backend].available(torch.device("cuda")):
         pytest.skip(f"{gpu_backend} not available on cuda")
     monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH", gpu_backend)
     _check_case(case, dtype, "cuda")
@@ -165,6 +163,21 @@ def test_end_to_end_teacher_plan(backend):
     ref64 = stitch_reference(feats.double(), origins, r, (H // cell, W // cell), (H // P, W // P))
     assert count.min() >= 1  # the plan covers every cell
     _assert_close(out, ref32, ref64.double())
+
+
+def test_host_origins_and_bbox(backend):
+    """Device-free bounds: host origins are checked on the host; a given bbox is used as is."""
+    g, r, C, Hc, Wc = 2, 2, 6, 12, 14
+    origins = torch.tensor([[2, 3], [6, 8], [4, 4]])
+    feats = torch.randn(3, g, g, C)
+    canvas, count = torch.zeros(Hc, Wc, C), torch.zeros(Hc, Wc)
+    upsample_stitch_(canvas, count, feats, origins, r, bbox=(2, 10, 3, 12))
+    ref, ref_count = torch.zeros(Hc, Wc, C), torch.zeros(Hc, Wc)
+    upsample_stitch_reference(ref, ref_count, feats, origins, r)
+    torch.testing.assert_close(canvas, ref, rtol=1e-6, atol=1e-6)  # few windows: fp32 roundings
+    assert torch.equal(count, ref_count)
+    with pytest.raises(UserError, match="must fit"):  # host origins are checked even with a bbox
+        upsample_stitch_(canvas, count, feats, origins + 5, r, bbox=(0, Hc, 0, Wc))
 
 
 def test_cpp_is_deterministic(monkeypatch):

@@ -6,11 +6,23 @@ and added into an fp32 canvas ``[Hc, Wc, C]`` at its origin (in canvas cells), w
 canvas ``[Hc, Wc]`` gets +1 over the same cells. :func:`stitch_finalize` divides by
 ``max(count, 1)`` and bilinearly resizes to the output grid ``[h, w]``.
 
-Implementations of :func:`upsample_stitch_` (picked by ``spar_fast._backend.choose("stitch")``):
-``torch`` (vectorized, any device), ``cpp`` (``csrc/stitch_cpu.cpp``, CPU), ``cuda``
-(``csrc/stitch_cuda.cu``) and ``triton`` (``kernels/stitch.py``). All interpolate in fp32 from
-fp32 / fp16 / bf16 features. They sum overlapping windows in different orders, so they agree
-with :func:`upsample_stitch_reference` to rounding, not bit for bit.
+Two ops of the table (``spar_fast._backend``), each "validate, then dispatch":
+* ``stitch`` (:func:`upsample_stitch_`): ``cpp`` (``csrc/stitch_cpu.cpp``, phase-class
+  algorithm), ``cuda`` (``csrc/stitch_cuda.cu``, deterministic gather), ``torch`` (the reference
+  fold). One GPU stitch only: the CUDA gather is compiled ahead of time, deterministic and needs
+  no Triton on the GPU machine; a Triton twin of the same gather was removed because no GPU
+  measurement showed a reason to keep two (docs/DESIGN.md).
+* ``stitch_finalize``: ``cpp`` (divide and resize fused in one pass) and ``torch``.
+Compiled kernels interpolate in fp32 from fp32 / fp16 / bf16 features with the host taps of
+``spar_fast.ops.bilinear``; they sum overlapping windows in another order than the reference, so
+they agree with it to rounding, not bit for bit.
+
+Automatic order on CPU: ``cpp``, then the reference. Without ``_C`` the reference loop is the
+fallback: the vectorized torch alternative (chunked interpolate + ``index_add_``) was measured
+here (2-core CPU, 1 thread, fp16 windows of 256 px, 512x768 image, 276 windows, medians of 5):
+C=64 loop 76 ms vs vectorized 45 ms; C=384 loop 375 ms vs vectorized 702 ms. Real widths are
+384-1024, where the loop wins, so the vectorized path was removed. GPU order (``cuda``, then the
+reference) is unmeasured: no GPU was available.
 """
 from __future__ import annotations
 
@@ -19,12 +31,14 @@ import torch.nn.functional as F
 
 from .. import _backend
 from ..errors import UserError
+from .bilinear import bilinear_taps
 
 FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # windows interpolated per F.interpolate call in the reference (the reference teacher's batch)
 REFERENCE_BATCH = 10
-# fp32 elements of upsampled windows the vectorized torch path materializes at once (256 MiB)
-_TORCH_CHUNK_ELEMS = 1 << 26
+
+STITCH = _backend.op("stitch", cpu=("cpp",), cuda=("cuda",))
+FINALIZE = _backend.op("stitch_finalize", cpu=("cpp",))
 
 
 def _upsample(feats: torch.Tensor, r: int) -> torch.Tensor:
@@ -71,12 +85,32 @@ def stitch_reference(feats: torch.Tensor, origins: torch.Tensor, r: int,
     return stitch_finalize_reference(canvas, count, out_hw)
 
 
-def _check(canvas, count, feats, origins, r) -> tuple[int, int, int, int] | None:
-    """Validate the arguments of :func:`upsample_stitch_` (one-line ``UserError`` each).
+def _bbox(origins: torch.Tensor, bbox, G: int, canvas_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The windows' bounding box ``(y0, y1, x0, x1)`` in canvas cells, checked against the canvas.
 
-    Returns the bounding box ``(y0, y1, x0, x1)`` in canvas cells covered by the windows, or
-    ``None`` when there are no windows.
+    Host origins give it for free; a caller with device origins passes the host-side ``bbox`` it
+    already knows (the window plan) so that no device sync is needed; only device origins without
+    a bbox are read back (one sync).
     """
+    Hc, Wc = canvas_hw
+    if bbox is None or origins.device.type == "cpu":
+        o = origins.detach().to("cpu", torch.int64)
+        (ylo, xlo), (yhi, xhi) = o.min(0).values.tolist(), o.max(0).values.tolist()
+        if ylo < 0 or xlo < 0 or yhi + G > Hc or xhi + G > Wc:
+            raise UserError(f"window origins span rows {ylo}..{yhi}, cols {xlo}..{xhi}; a "
+                            f"{G}x{G} window must fit in the {Hc}x{Wc} canvas")
+        return ylo, yhi + G, xlo, xhi + G
+    try:
+        y0, y1, x0, x1 = (int(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise UserError(f"bbox must be (y0, y1, x0, x1) in canvas cells, got {bbox!r}") from None
+    if not (0 <= y0 and y0 + G <= y1 <= Hc and 0 <= x0 and x0 + G <= x1 <= Wc):
+        raise UserError(f"bbox {(y0, y1, x0, x1)} must hold a {G}x{G} window inside the {Hc}x{Wc} canvas")
+    return y0, y1, x0, x1
+
+
+def _check(canvas, count, feats, origins, r) -> None:
+    """Validate the arguments of :func:`upsample_stitch_` (one-line ``UserError`` each)."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise UserError(f"upsample factor r must be a positive int, got {r!r}")
     if canvas.dim() != 3 or canvas.dtype != torch.float32 or not canvas.is_contiguous():
@@ -96,56 +130,58 @@ def _check(canvas, count, feats, origins, r) -> tuple[int, int, int, int] | None
     for name, t in (("count", count), ("feats", feats)):
         if t.device != canvas.device:
             raise UserError(f"{name} is on {t.device} but canvas is on {canvas.device}")
-    if feats.shape[0] == 0:
-        return None
-    G = feats.shape[1] * r
-    o = origins.detach().to("cpu", torch.int64)
-    lo, hi = o.min(0).values.tolist(), o.max(0).values.tolist()
-    if lo[0] < 0 or lo[1] < 0 or hi[0] + G > Hc or hi[1] + G > Wc:
-        raise UserError(f"window origins span rows {lo[0]}..{hi[0]}, cols {lo[1]}..{hi[1]}; a "
-                        f"{G}x{G} window must fit in the {Hc}x{Wc} canvas")
-    return lo[0], hi[0] + G, lo[1], hi[1] + G
+    if origins.device.type != "cpu" and origins.device != canvas.device:
+        raise UserError(f"origins must be on the CPU or on {canvas.device}, got {origins.device}")
 
 
-def _upsample_stitch_torch(canvas, count, feats, origins, r) -> None:
-    """Vectorized torch: interpolate chunks of windows, ``index_add_`` into the flat canvas."""
-    N, g, _, C = feats.shape
-    Hc, Wc, _ = canvas.shape
-    G = g * r
-    offs = torch.arange(G, device=canvas.device)
-    cells = offs[:, None] * Wc + offs[None, :]  # [G, G] flat offsets inside a window
-    base = origins[:, 0] * Wc + origins[:, 1]  # [N]
-    flat_canvas, flat_count = canvas.view(-1, C), count.view(-1)
-    chunk = max(1, _TORCH_CHUNK_ELEMS // (G * G * C))
-    for s in range(0, N, chunk):
-        idx = (base[s:s + chunk, None, None] + cells).reshape(-1)
-        flat_canvas.index_add_(0, idx, _upsample(feats[s:s + chunk], r).reshape(-1, C))
-        flat_count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+@STITCH.register("torch", available=_backend.anywhere)
+def _stitch_torch(canvas, count, feats, origins, r, bbox) -> None:
+    upsample_stitch_reference(canvas, count, feats, origins, r)
+
+
+@STITCH.register("cpp", available=_backend.cpu_extension, compiled="upsample_stitch_")
+@STITCH.register("cuda", available=_backend.cuda_extension, compiled="upsample_stitch_")
+def _stitch_compiled(canvas, count, feats, origins, r, bbox) -> None:
+    g = feats.shape[1]
+    device = canvas.device
+    torch.ops.spar_fast.upsample_stitch_(
+        canvas, count, feats.contiguous(), origins.to(device, torch.int64, non_blocking=True).contiguous(),
+        *bilinear_taps(g, g * r, device, scale_factor=r), *bilinear_taps(2, 2 * r, device, scale_factor=r),
+        r, *bbox)
 
 
 def upsample_stitch_(canvas: torch.Tensor, count: torch.Tensor, feats: torch.Tensor,
-                     origins: torch.Tensor, r: int) -> None:
+                     origins: torch.Tensor, r: int, *,
+                     bbox: tuple[int, int, int, int] | None = None) -> None:
     """Add bilinearly upsampled windows into the canvas, in place.
 
     Args:
         canvas: ``[Hc, Wc, C]`` fp32, contiguous; receives the upsampled windows.
         count: ``[Hc, Wc]`` fp32, contiguous; +1 over each window's cells.
         feats: ``[N, g, g, C]`` fp32 / fp16 / bf16 window features, same device as canvas.
-        origins: ``[N, 2]`` integer (row, col) of each window's top-left, in canvas cells.
+        origins: ``[N, 2]`` integer (row, col) of each window's top-left, in canvas cells; on the
+            CPU (preferred: checked without a device sync) or on the canvas's device.
         r: integer upsampling factor; a window covers ``[g*r, g*r]`` cells.
+        bbox: ``(y0, y1, x0, x1)`` canvas cells covering every window, for device ``origins``
+            (trusted like flash-attn's ``max_seqlen``; the kernels write only inside it).
     """
-    bbox = _check(canvas, count, feats, origins, r)
-    if bbox is None:
+    _check(canvas, count, feats, origins, r)
+    if feats.shape[0] == 0:
         return
-    backend = _backend.choose("stitch", canvas.device, supported=("torch", "cpp", "cuda", "triton"))
-    feats = feats.contiguous()
-    origins = origins.to(canvas.device, torch.int64).contiguous()
-    if backend == "torch":
-        _upsample_stitch_torch(canvas, count, feats, origins, r)
-    elif backend == "triton":
-        _backend.triton_kernels("stitch").upsample_stitch(canvas, count, feats, origins, r, bbox)
-    else:
-        _backend.extension().upsample_stitch_(canvas, count, feats, origins, r, *bbox)
+    box = _bbox(origins, bbox, feats.shape[1] * r, canvas.shape[:2])
+    STITCH.run(canvas.device, canvas, count, feats, origins, r, box)
+
+
+@FINALIZE.register("torch", available=_backend.anywhere)
+def _finalize_torch(canvas, count, out_hw) -> torch.Tensor:
+    return stitch_finalize_reference(canvas, count, out_hw)
+
+
+@FINALIZE.register("cpp", available=_backend.cpu_extension, compiled="stitch_finalize")
+def _finalize_cpp(canvas, count, out_hw) -> torch.Tensor:
+    (Hc, Wc), (h, w) = canvas.shape[:2], out_hw
+    return torch.ops.spar_fast.stitch_finalize(canvas.contiguous(), count.contiguous(),
+                                               *bilinear_taps(Hc, h), *bilinear_taps(Wc, w))
 
 
 def stitch_finalize(canvas: torch.Tensor, count: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
@@ -157,7 +193,4 @@ def stitch_finalize(canvas: torch.Tensor, count: torch.Tensor, out_hw: tuple[int
     h, w = (int(v) for v in out_hw)
     if h < 1 or w < 1:
         raise UserError(f"stitch_finalize output size must be positive, got {tuple(out_hw)}")
-    # the divide+resize is one pass over the canvas; only the C++ path fuses it (GPU: torch ops)
-    if _backend.choose("stitch", canvas.device) == "cpp":
-        return _backend.extension().stitch_finalize(canvas.contiguous(), count.contiguous().float(), h, w)
-    return stitch_finalize_reference(canvas, count.float(), (h, w))
+    return FINALIZE.run(canvas.device, canvas, count.float(), (h, w))

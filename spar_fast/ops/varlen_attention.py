@@ -5,40 +5,31 @@ cumulative lengths (``cu_seqlens[0] == 0``, ``cu_seqlens[-1] == T``). Each token
 tokens of its own sequence, non-causally, softmax scale ``D ** -0.5`` unless given. Returns
 ``[T, H, D]``, differentiable in q, k, v.
 
-Implementations (``spar_fast._backend.choose("varlen_attention", ...)`` picks the family):
+Backends (op ``varlen_attention`` of ``spar_fast._backend``):
 
 * ``torch``: :func:`varlen_attention_reference`, one SDPA per sequence; the CPU default.
-* ``triton``: ``kernels/varlen_attention.py`` (forward + backward), on CUDA tensors, or on CPU
-  tensors when forced with ``SPAR_FAST_BACKEND_VARLEN_ATTENTION=triton`` and ``TRITON_INTERPRET=1``.
+* ``triton``: ``kernels/varlen_attention.py`` (forward + backward custom ops), head dim <= 128;
+  on CPU tensors only when forced and ``TRITON_INTERPRET=1``.
+* ``torch_varlen``: ``torch.nn.attention.varlen.varlen_attn`` (cuDNN / Flash inside torch),
+  fp16/bf16, CUDA.
+* ``flash_attn``: ``flash_attn.flash_attn_varlen_func`` (the flash-attn package), fp16/bf16, CUDA.
 
-On CUDA with the backend left on ``auto``, ``SPAR_FAST_VARLEN_IMPL`` picks the kernel:
-``triton`` (default), ``torch_varlen`` (``torch.nn.attention.varlen.varlen_attn``, cuDNN / Flash
-inside torch, fp16/bf16 only) or ``flash_attn`` (``flash_attn.flash_attn_varlen_func``). The
-default is ours until ``benchmarks/bench_varlen_attention.py`` on the target GPU says otherwise.
-Head dims above 128 fall back from ``triton`` to the reference with a one-time message (the
-tile configs are sized for D <= 128); other non-power-of-two D are masked inside the kernel.
+CUDA automatic order: ``flash_attn``, ``torch_varlen``, ``triton``, then the reference. This order
+is UNMEASURED (no GPU was available): the two vendor kernels are tuned for Hopper and have run
+on GPUs, ours has only run in Triton's interpreter; ``benchmarks/bench_varlen_attention.py`` on
+the target GPU decides, and ``SPAR_FAST_BACKEND_VARLEN_ATTENTION`` picks one meanwhile.
 """
 from __future__ import annotations
-
-import os
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from ..errors import UserError
 
-CUDA_IMPLS = ("triton", "torch_varlen", "flash_attn")
-DEFAULT_CUDA_IMPL = "triton"
-MAX_TRITON_HEAD_DIM = 128
-_noted: set[str] = set()
+MAX_TRITON_HEAD_DIM = 128  # the Triton tile configs are sized for D <= 128
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-
-def _note_once(key: str, message: str) -> None:
-    if key not in _noted:
-        _noted.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+VARLEN_ATTENTION = _backend.op("varlen_attention", cuda=("flash_attn", "torch_varlen", "triton"))
 
 
 def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -87,48 +78,41 @@ def _validate(q, k, v, cu_seqlens, max_seqlen) -> tuple[torch.Tensor, int]:
     return cu_seqlens, int(max_seqlen)
 
 
-def _cuda_impl() -> str:
-    impl = os.environ.get("SPAR_FAST_VARLEN_IMPL", DEFAULT_CUDA_IMPL).strip().lower()
-    if impl not in CUDA_IMPLS:
-        raise UserError(f"SPAR_FAST_VARLEN_IMPL={impl!r}; expected one of {', '.join(CUDA_IMPLS)}")
-    return impl
+def _half_only(q, *_) -> str | None:
+    return None if q.dtype in HALF_DTYPES else f"needs fp16/bf16, got {q.dtype}"
 
 
+def _triton_head_dim(q, *_) -> str | None:
+    dim = q.shape[-1]
+    return None if dim <= MAX_TRITON_HEAD_DIM else f"supports head dim <= {MAX_TRITON_HEAD_DIM}, got {dim}"
+
+
+@VARLEN_ATTENTION.register("torch", available=_backend.anywhere)
+def _reference(q, k, v, cu_seqlens, max_seqlen, scale):
+    return varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale=scale)
+
+
+@VARLEN_ATTENTION.register("triton", available=_backend.triton_device, accepts=_triton_head_dim)
+def _triton(q, k, v, cu_seqlens, max_seqlen, scale):
+    return _backend.triton_kernels("varlen_attention").varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+@VARLEN_ATTENTION.register("torch_varlen", available=_backend.cuda_module("torch.nn.attention.varlen"),
+                           accepts=_half_only)
 def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, scale):
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError as exc:
-        raise UserError(f"SPAR_FAST_VARLEN_IMPL=torch_varlen needs torch >= 2.10 ({exc})") from None
+    from torch.nn.attention.varlen import varlen_attn
     return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
 
 
+@VARLEN_ATTENTION.register("flash_attn", available=_backend.cuda_module("flash_attn"), accepts=_half_only)
 def _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale):
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except ImportError as exc:
-        raise UserError(f"SPAR_FAST_VARLEN_IMPL=flash_attn needs the flash-attn package ({exc})") from None
-    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                  softmax_scale=scale)
+    from flash_attn import flash_attn_varlen_func
+    return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale)
 
 
 def implementation(q: torch.Tensor) -> str:
-    """Name of the implementation :func:`varlen_attention` runs for ``q``:
-    ``torch`` | ``triton`` | ``torch_varlen`` | ``flash_attn``."""
-    backend = _backend.choose("varlen_attention", q.device, supported=("triton", "torch"))
-    head_dim = q.shape[-1]
-    forced = _backend.requested("varlen_attention") != "auto"
-    if q.device.type == "cuda" and not forced:
-        impl = _cuda_impl()
-        if impl in ("torch_varlen", "flash_attn"):
-            if q.dtype in (torch.float16, torch.bfloat16):
-                return impl
-            _note_once(f"{impl}-dtype", f"varlen_attention: {impl} needs fp16/bf16, got {q.dtype}; "
-                                        f"using {backend}")
-    if backend == "triton" and head_dim > MAX_TRITON_HEAD_DIM:
-        _note_once("triton-dim", f"varlen_attention: Triton kernel supports head dim <= "
-                                 f"{MAX_TRITON_HEAD_DIM}, got {head_dim}; using the torch reference")
-        return "torch"
-    return backend
+    """Name of the backend :func:`varlen_attention` runs for ``q``."""
+    return VARLEN_ATTENTION.pick(q.device, q).backend
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -140,12 +124,6 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     from ``cu_seqlens`` (one device sync when that lives on the GPU).
     """
     cu_seqlens, max_seqlen = _validate(q, k, v, cu_seqlens, max_seqlen)
-    impl = implementation(q) if q.shape[0] > 0 else "torch"  # no tokens: nothing to launch
-    if impl == "triton":
-        return _backend.triton_kernels("varlen_attention").varlen_attention(
-            q, k, v, cu_seqlens, max_seqlen, scale)
-    if impl == "torch_varlen":
-        return _torch_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
-    if impl == "flash_attn":
-        return _flash_attn(q, k, v, cu_seqlens, max_seqlen, scale)
-    return varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale=scale)
+    if q.shape[0] == 0:  # no tokens: nothing to launch
+        return varlen_attention_reference(q, k, v, cu_seqlens, max_seqlen, scale=scale)
+    return VARLEN_ATTENTION.run(q.device, q, k, v, cu_seqlens, max_seqlen, scale)

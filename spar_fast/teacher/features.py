@@ -66,7 +66,7 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
     batch_size = batch_size or default_batch_size(bb, device)
     canvas = torch.zeros(*plan.canvas_hw, bb.feature_dim, dtype=torch.float32, device=device)
     count = torch.zeros(plan.canvas_hw, dtype=torch.float32, device=device)
-    origins = plan.origins_cells.to(device)
+    origins = plan.origins_cells  # host tensor: the stitch checks its bounds without a device sync
     batches = iter_window_batches(image, plan, batch_size)
     if progress:
         from tqdm.auto import tqdm

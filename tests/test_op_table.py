@@ -1,0 +1,71 @@
+"""The op table (spar_fast._backend): declared ops, the environment override and the fallbacks."""
+import pytest
+import torch
+
+from spar_fast import _backend
+from spar_fast.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in list(_backend.table()):
+        monkeypatch.delenv(f"SPAR_FAST_BACKEND_{name.upper()}", raising=False)
+    monkeypatch.delenv("SPAR_FAST_BACKEND", raising=False)
+    monkeypatch.setattr(_backend, "_warned", set())
+    return monkeypatch
+
+
+def test_every_op_is_declared_with_its_reference():
+    ops = _backend.table()
+    assert set(ops) == {"stitch", "stitch_finalize", "seg_head", "varlen_attention"}
+    for op in ops.values():
+        assert "torch" in op.impls, f"{op.name} has no torch reference"
+        for order in op.order.values():
+            assert "torch" not in order  # appended last by the table itself
+            assert set(order) <= set(op.impls), f"{op.name} orders an unregistered backend"
+    assert set(ops["stitch"].impls) == {"torch", "cpp", "cuda"}  # one GPU stitch
+    assert set(ops["stitch_finalize"].impls) == {"torch", "cpp"}
+
+
+def test_automatic_order_ends_with_the_reference(clean_env):
+    clean_env.setattr(_backend, "extension", lambda: None)  # no _C: the reference everywhere
+    for op in _backend.table().values():
+        assert op.pick(CPU, torch.zeros(1, 1, 1)).backend == "torch"
+
+
+@pytest.mark.parametrize("op,value,message", [
+    ("stitch_finalize", "triton", "no 'triton' implementation"),
+    ("stitch_finalize", "cuda", "no 'cuda' implementation"),
+    ("stitch", "cuda", "not available on cpu"),
+    ("stitch", "gpu", "expected auto or one of"),
+])
+def test_per_op_variable_is_strict(clean_env, op, value, message):
+    clean_env.setenv(f"SPAR_FAST_BACKEND_{op.upper()}", value)
+    with pytest.raises(UserError, match=message):
+        _backend.table()[op].pick(CPU)
+
+
+def test_global_variable_applies_where_the_backend_exists(clean_env):
+    """SPAR_FAST_BACKEND=triton forces seg_head (which has it) and leaves the stitch ops on their
+    automatic order, saying so once per op; the per-op variable wins over the global one."""
+    clean_env.setenv("SPAR_FAST_BACKEND", "triton")
+    clean_env.setenv("TRITON_INTERPRET", "1")
+    stitch = _backend.table()["stitch_finalize"]
+    with pytest.warns(RuntimeWarning, match="no 'triton' implementation"):
+        auto = stitch.pick(CPU).backend
+    assert auto in ("cpp", "torch")
+    if _backend.triton_available():
+        assert _backend.table()["seg_head"].pick(CPU).backend == "triton"
+    clean_env.setenv("SPAR_FAST_BACKEND_SEG_HEAD", "torch")
+    assert _backend.table()["seg_head"].pick(CPU).backend == "torch"
+
+
+def test_warn_once(clean_env):
+    with pytest.warns(RuntimeWarning, match="first"):
+        _backend.warn_once("k", "first")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _backend.warn_once("k", "second")  # same key: silent
