@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from . import registry
+from .dinov3txt import DinoTxtTower, is_dinotxt
 from .layers import require_inactive, sdpa_attend, varlen_attend
 from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
@@ -30,7 +31,9 @@ class Backbone(nn.Module):
 
     def __init__(self, model: nn.Module, name: str | None = None, open_clip_name: str | None = None):
         super().__init__()
-        if is_siglip2(model):
+        if is_dinotxt(model):
+            tower = DinoTxtTower(model)
+        elif is_siglip2(model):
             tower = SigLIP2Tower(model)
         elif is_openclip_vit(model):
             tower = OpenCLIPTower(model)
@@ -70,6 +73,8 @@ class Backbone(nn.Module):
         from .weights import load_weights
 
         entry = registry.resolve(name)
+        if entry.family == "dinov3txt":
+            return cls._from_dinov3txt_weights(name, pretrained, device, trusted)
         registry.ensure_registered()
         if pretrained not in (True, False, None) and not os.path.isfile(os.fspath(pretrained)):
             raise UserError(f"checkpoint not found: {pretrained} (pretrained= takes True, False or a file path)")
@@ -94,6 +99,25 @@ class Backbone(nn.Module):
         if device is not None:
             model.to(device)
         return cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
+
+    @classmethod
+    def _from_dinov3txt_weights(cls, name: str, weights, device=None, trusted: bool = False) -> "Backbone":
+        """DINOv3.txt family: ``weights`` as in :meth:`from_pretrained` (hub: one-line UserError)."""
+        from ..runtime import Weights
+        from .dinov3txt import build_dinov3txt
+
+        bb = cls(build_dinov3txt(name, Weights.from_pretrained_arg(weights), trusted), name=name)
+        return bb.to(device) if device is not None else bb
+
+    @classmethod
+    def from_dinov3txt(cls, backbone_path: str, head_and_text_path: str, vocab_path: str | None = None,
+                       device=None) -> "Backbone":
+        """``dinov3txt-l16`` from the official files (local paths; the tokenizer vocabulary
+        defaults to open_clip's copy of ``bpe_simple_vocab_16e6``)."""
+        from .dinov3txt import load_official
+
+        bb = cls(load_official(backbone_path, head_and_text_path, vocab_path), name="dinov3txt-l16")
+        return bb.to(device) if device is not None else bb
 
     # geometry / parameters ------------------------------------------------------------------
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -159,6 +183,8 @@ class Backbone(nn.Module):
     @property
     def tokenizer(self):
         """The open_clip tokenizer (loaded on first use; UserError when it needs an unreachable hub)."""
+        if self._tokenizer is None and hasattr(self._tower, "load_tokenizer"):
+            self._tokenizer = self._tower.load_tokenizer()  # families with their own tokenizer
         if self._tokenizer is None:
             if self._open_clip_name is None:
                 raise UserError("this backbone was wrapped without a model name; pass name= to "
