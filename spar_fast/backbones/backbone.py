@@ -111,12 +111,13 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_dinov3txt(cls, backbone_path: str, head_and_text_path: str, vocab_path: str | None = None,
-                       device=None) -> "Backbone":
+                       device=None, dense_tokens: str = "backbone") -> "Backbone":
         """``dinov3txt-l16`` from the official files (local paths; the tokenizer vocabulary
-        defaults to open_clip's copy of ``bpe_simple_vocab_16e6``)."""
+        defaults to open_clip's copy of ``bpe_simple_vocab_16e6``). ``dense_tokens``: "backbone"
+        (SPAR's reference) or "head" (see :mod:`spar_fast.backbones.dinov3txt`)."""
         from .dinov3txt import load_official
 
-        bb = cls(load_official(backbone_path, head_and_text_path, vocab_path), name="dinov3txt-l16")
+        bb = cls(load_official(backbone_path, head_and_text_path, vocab_path, dense_tokens), name="dinov3txt-l16")
         return bb.to(device) if device is not None else bb
 
     # geometry / parameters ------------------------------------------------------------------

@@ -3,9 +3,16 @@
 Dense forward of an image ``[3, H, W]`` (ImageNet-normalized): bicubic *stretch*
 (align_corners=False) to ``(16*ceil(H/16), 16*ceil(W/16))`` when the size differs; patch
 embedding (stride-16 conv with bias); ``[class, 4 storage, patches]``; the DINOv3 blocks with RoPE
-on the patch tokens' queries and keys; the backbone's final ``norm`` over all tokens; the dino.txt
-vision head (two self-attention blocks over all tokens of the image, no RoPE; ``ln_final``;
-identity projection); the head's patch tokens ``[h, w, width]``.
+on the patch tokens' queries and keys; the backbone's final ``norm`` over all tokens; the patch
+tokens ``[h, w, width]``.
+
+Which patch tokens: SPAR's wrapper takes the THIRD output of the dinov3 ``VisionTower.
+get_class_and_patch_tokens`` (``_, _, patch_tokens = ...``), which is the *backbone's* normed
+patch tokens: the dino.txt vision head runs in the reference but its output is discarded. That
+is the default here (``DinoTxt.dense_tokens = "backbone"``; the head is skipped, which changes
+nothing). ``dense_tokens = "head"`` instead runs the vision head (two self-attention blocks over
+all tokens of the image, no RoPE; ``ln_final``; identity projection) and returns its patch
+tokens, the tokens dino.txt aligns with the text embedding's patch half.
 
 Packed: each image is one segment ``[class, storage, patches]`` of the sequence; RoPE tables are
 built once per distinct grid and concatenated, so image k's patches get exactly the positions
@@ -137,8 +144,11 @@ class DinoTxtTower:
         return block_forward(x, self.vit.blocks[i].parts(self._block_rotation()), attend)
 
     def head(self, x: torch.Tensor, attend) -> torch.Tensor:
-        """Backbone ``norm`` + the vision head on all tokens ``[..., C]`` (identity projection)."""
+        """Backbone ``norm`` on all tokens ``[..., C]``, then the vision head (identity
+        projection) when ``dense_tokens == "head"``."""
         x = self.vit.norm(x)
+        if self.model.dense_tokens == "backbone":
+            return x
         head = self.model.visual_model.head
         for block in head.blocks:
             x = block_forward(x, block.parts(), attend)
@@ -202,11 +212,11 @@ def official_state_dict(backbone_path: str, head_and_text_path: str) -> dict[str
 
 
 def load_official(backbone_path: str, head_and_text_path: str, vocab_path: str | None = None,
-                  name: str = "dinov3txt-l16") -> DinoTxt:
+                  dense_tokens: str = "backbone", name: str = "dinov3txt-l16") -> DinoTxt:
     """:class:`DinoTxt` loaded strictly from the official files (a mismatch names the keys)."""
     from .weights import load_state_dict_strict
 
-    model = DinoTxt(DinoTxtConfig.load(name), vocab_path=vocab_path)
+    model = DinoTxt(DinoTxtConfig.load(name), vocab_path=vocab_path, dense_tokens=dense_tokens)
     load_state_dict_strict(model, official_state_dict(backbone_path, head_and_text_path),
                            f"{backbone_path} + {head_and_text_path}")
     return model.eval()

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .layers import BlockParts, block_forward, identity
 from .rope import rope_periods
 
@@ -241,14 +242,22 @@ def _causal_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return out.transpose(1, 2)
 
 
+DENSE_TOKENS = ("backbone", "head")
+
+
 class DinoTxt(nn.Module):
     """The DINOv3.txt model (official key names). ``config``: its :class:`DinoTxtConfig`;
-    ``vocab_path``: the BPE vocabulary file (None: open_clip's copy of the same file)."""
+    ``vocab_path``: the BPE vocabulary file (None: open_clip's copy of the same file);
+    ``dense_tokens``: which patch tokens are the dense features, "backbone" (SPAR's reference)
+    or "head" (after the dino.txt vision head), see :mod:`spar_fast.backbones.dinov3txt`."""
 
-    def __init__(self, config: DinoTxtConfig, vocab_path: str | None = None):
+    def __init__(self, config: DinoTxtConfig, vocab_path: str | None = None, dense_tokens: str = "backbone"):
         super().__init__()
+        if dense_tokens not in DENSE_TOKENS:
+            raise UserError(f"dense_tokens must be one of {', '.join(DENSE_TOKENS)}, got {dense_tokens!r}")
         self.config = config
         self.vocab_path = vocab_path
+        self.dense_tokens = dense_tokens
         self.visual_model = VisionTower(config)
         self.text_model = TextTower(config)
         self.logit_scale = nn.Parameter(torch.zeros(1))
@@ -262,7 +271,7 @@ class DinoTxt(nn.Module):
 def init_random(model: DinoTxt) -> None:
     """Random initialization in the manner of the reference's ``init_weights`` (truncated normal
     0.02 for vision linears, normal for tokens/text; layer scales keep their init values)."""
-    for name, module in model.named_modules():
+    for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:
