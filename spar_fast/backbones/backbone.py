@@ -102,11 +102,13 @@ class Backbone(nn.Module):
 
     @classmethod
     def _from_dinov3txt_weights(cls, name: str, weights, device=None, trusted: bool = False) -> "Backbone":
-        """DINOv3.txt family: ``weights`` as in :meth:`from_pretrained` (hub: one-line UserError)."""
+        """DINOv3.txt family: ``weights`` as in :meth:`from_pretrained` (hub: one-line UserError;
+        False/None: random init from the global RNG)."""
         from ..runtime import Weights
         from .dinov3txt import build_dinov3txt
 
-        bb = cls(build_dinov3txt(name, Weights.from_pretrained_arg(weights), trusted), name=name)
+        parsed = None if weights is False or weights is None else Weights.from_pretrained_arg(weights)
+        bb = cls(build_dinov3txt(name, parsed, trusted), name=name)
         return bb.to(device) if device is not None else bb
 
     @classmethod

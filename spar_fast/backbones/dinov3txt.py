@@ -180,23 +180,25 @@ class DinoTxtTower:
 
 
 # construction ---------------------------------------------------------------------------------
-def build_dinov3txt(name: str, weights, trusted: bool = False) -> DinoTxt:
-    """A :class:`DinoTxt` of config ``name`` with ``weights`` (a ``spar_fast.runtime.Weights``:
-    random with its seed, or a file holding the full state dict). ``hub``: one-line UserError."""
+def build_dinov3txt(name: str, weights=None, trusted: bool = False) -> DinoTxt:
+    """A :class:`DinoTxt` of config ``name``. ``weights``: a ``spar_fast.runtime.Weights`` (random
+    with its seed, or a file holding the full state dict; ``hub``: one-line UserError), or None
+    for a random initialization from the global RNG (the older ``pretrained=False``)."""
     from .weights import load_state_dict_strict, read_state_dict
 
     config = DinoTxtConfig.load(name)
-    if weights.kind == "hub":
+    if weights is not None and weights.kind == "hub":
         raise UserError(HUB_MESSAGE)
-    if weights.kind == "file":
+    if weights is not None and weights.kind == "file":
         model = DinoTxt(config)
         load_state_dict_strict(model, read_state_dict(weights.path, trusted=trusted), weights.path)
-    else:
-        log.warning("backbone %s: random initialization (seed %s, no pretrained weights)", name, weights.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(weights.seed or 0)
-            model = DinoTxt(config)
-            init_random(model)
+        return model.eval()
+    log.warning("backbone %s: random initialization (no pretrained weights)", name)
+    with torch.random.fork_rng(devices=[], enabled=weights is not None):
+        if weights is not None:
+            torch.manual_seed(weights.seed)
+        model = DinoTxt(config)
+        init_random(model)
     return model.eval()
 
 
@@ -222,11 +224,12 @@ def load_official(backbone_path: str, head_and_text_path: str, vocab_path: str |
     return model.eval()
 
 
-def convert_official(backbone_path: str, head_and_text_path: str, out_path: str) -> None:
+def convert_official(backbone_path: str, head_and_text_path: str, out_path: str,
+                     name: str = "dinov3txt-l16") -> None:
     """Write the official files as one safetensors full state dict (checked against the model)."""
     from .weights import save_weights
 
-    save_weights(load_official(backbone_path, head_and_text_path), out_path)
+    save_weights(load_official(backbone_path, head_and_text_path, name=name), out_path)
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("images", metavar="IMAGES", help="image folder or a text file listing image paths")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     p.add_argument("--backbone", default="siglip2-b16-512",
-                   help="siglip2-b16-512, openclip-b16, siglip2-tiny, openclip-tiny (default: %(default)s)")
+                   help="siglip2-b16-512, openclip-b16, dinov3txt-l16, siglip2-tiny, openclip-tiny, "
+                        "dinov3txt-tiny (default: %(default)s)")
     p.add_argument("--pretrained", type=parse_pretrained, default=True,
                    help="teacher and student init: true (hub weights), a weights path, or false "
                         "(a seeded random init saved as RUN_DIR/init.safetensors)")

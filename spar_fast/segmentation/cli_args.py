@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..backbones.registry import KNOWN
 from ..errors import UserError
 from .preprocess import TEST_SCALE, prepare_image
 
-BACKBONES = ("siglip2-b16-512", "openclip-b16", "siglip2-tiny", "openclip-tiny")
+BACKBONES = tuple(KNOWN)
 
 
 def add_model_args(parser: argparse.ArgumentParser, multi_checkpoint: bool = False) -> None:
