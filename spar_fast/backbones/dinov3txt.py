@@ -52,7 +52,7 @@ HEAD_AND_TEXT_FILE = "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f
 HUB_MESSAGE = (f"DINOv3.txt weights cannot be fetched automatically: download {BACKBONE_FILE} and "
                f"{HEAD_AND_TEXT_FILE} under the DINOv3 licence (https://ai.meta.com/dinov3/), then "
                "`python -m spar_fast.backbones.dinov3txt BACKBONE.pth HEAD_AND_TEXT.pth dinov3txt-l16.safetensors` "
-               "and pass --weights dinov3txt-l16.safetensors (API: Backbone.from_dinov3txt(BACKBONE.pth, "
+               "and pass that file as the weights (--weights / --checkpoint FILE; API: Backbone.from_dinov3txt(BACKBONE.pth, "
                "HEAD_AND_TEXT.pth))")
 
 
