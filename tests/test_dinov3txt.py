@@ -317,3 +317,23 @@ def test_train_steps(tmp_path):
                if not torch.equal(a, b)]
     assert changed and all(n.startswith(("visual_model.backbone.blocks.1.", "visual_model.backbone.blocks.2."))
                            for n in changed)
+
+
+def test_packed_with_triton_varlen_kernel(bb, monkeypatch):
+    """Packed forward through the Triton varlen kernel (interpreter on CPU, fp32) == batched."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", "triton")
+    images = [torch.randn(3, 40, 56), torch.randn(3, 16, 16)]
+    with torch.no_grad():
+        for img, out in zip(images, bb.forward_packed(images)):
+            close(out, bb(img[None])[0])
+
+
+def test_autocast_bf16(bb):
+    # bf16 keeps 8 mantissa bits (rel. rounding 4e-3 per op); through 3 blocks we allow 5e-2 of
+    # the max magnitude. Checks the mixed path: fp32 prefix tokens / RoPE tables, bf16 matmuls.
+    imgs = [torch.randn(3, 48, 80), torch.randn(3, 16, 16)]
+    ref = [sf.dense_features(bb, img) for img in imgs]
+    for out, r in zip(sf.dense_features(bb, imgs, autocast_dtype=torch.bfloat16), ref):
+        close(out.float(), r, 5e-2)
+    close(sf.dense_features(bb, imgs[0], autocast_dtype=torch.bfloat16).float(), ref[0], 5e-2)
