@@ -208,4 +208,4 @@ def test_segmentation_label_maps(pair):
         top2 = cls.topk(2, dim=0).values
         assert ((top2[0] - top2[1])[differ] < 1e-3).all(), "label maps differ away from near-ties"
         ties += int(differ.sum())
-    print(f"segmentation: {ties} pixels differ (all near-ties)")
+    print(f"segmentation: {ties} pixels differ, all at near-ties")
