@@ -16,10 +16,12 @@ tokens, the tokens dino.txt aligns with the text embedding's patch half.
 
 Packed: each image is one segment ``[class, storage, patches]`` of the sequence; RoPE tables are
 built once per distinct grid and concatenated, so image k's patches get exactly the positions
-they get alone; attention (blocks and head) goes through ``spar_fast.ops.varlen_attention``.
+they get alone; attention (blocks, and the head when used) goes through
+``spar_fast.ops.varlen_attention``.
 
 Training mode follows the reference (which runs the model in train mode under Lightning): every
-block draws its own RoPE coordinate factor (log-uniform in [1/2, 2]); the head's stochastic depth
+block draws its own RoPE coordinate factor (log-uniform in [1/2, 2]; in a pack, one factor per
+block for all its images, as the reference does for a batch); the head's stochastic depth
 (rate 0.3) drops whole samples of a batch, which at the reference's one image per step keeps
 the only sample with scale 1, so it is the identity and is not implemented.
 
@@ -51,9 +53,9 @@ BACKBONE_FILE = "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"
 HEAD_AND_TEXT_FILE = "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth"
 HUB_MESSAGE = (f"DINOv3.txt weights cannot be fetched automatically: download {BACKBONE_FILE} and "
                f"{HEAD_AND_TEXT_FILE} under the DINOv3 licence (https://ai.meta.com/dinov3/), then "
-               "`python -m spar_fast.backbones.dinov3txt BACKBONE.pth HEAD_AND_TEXT.pth dinov3txt-l16.safetensors` "
-               "and pass that file as the weights (--weights / --checkpoint FILE; API: Backbone.from_dinov3txt(BACKBONE.pth, "
-               "HEAD_AND_TEXT.pth))")
+               "`python -m spar_fast.backbones.dinov3txt BACKBONE.pth HEAD_AND_TEXT.pth "
+               "dinov3txt-l16.safetensors` and pass that file as the weights (--weights / --checkpoint FILE; "
+               "API: Backbone.from_dinov3txt(BACKBONE.pth, HEAD_AND_TEXT.pth))")
 
 
 def is_dinotxt(model: nn.Module) -> bool:
