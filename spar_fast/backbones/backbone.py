@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..runtime import Weights
 from . import registry
+from .dinov3txt import DinoTxtTower, is_dinotxt
 from .layers import require_inactive, sdpa_attend, varlen_attend
 from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
@@ -47,7 +48,9 @@ class Backbone(nn.Module):
 
     def __init__(self, model: nn.Module, name: str | None = None, open_clip_name: str | None = None):
         super().__init__()
-        if is_siglip2(model):
+        if is_dinotxt(model):
+            tower = DinoTxtTower(model)
+        elif is_siglip2(model):
             tower = SigLIP2Tower(model)
         elif is_openclip_vit(model):
             tower = OpenCLIPTower(model)
@@ -92,6 +95,8 @@ class Backbone(nn.Module):
 
         chosen = Weights.of(weights if pretrained is _UNSET else pretrained)
         entry = registry.resolve(name)
+        if entry.family == "dinov3txt":
+            return cls._from_dinov3txt_weights(name, chosen, device, trusted)
         registry.ensure_registered()
         if chosen.kind == "hub":
             if entry.pretrained_tag is None:
@@ -116,6 +121,27 @@ class Backbone(nn.Module):
         bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
         bb.weights_id = chosen.identity()
         return bb
+
+    @classmethod
+    def _from_dinov3txt_weights(cls, name: str, weights: Weights, device=None, trusted: bool = False) -> "Backbone":
+        """DINOv3.txt family: ``weights`` as in :meth:`from_pretrained` (hub: one-line UserError
+        telling how to get the official files)."""
+        from .dinov3txt import build_dinov3txt
+
+        bb = cls(build_dinov3txt(name, weights, trusted), name=name)
+        bb.weights_id = weights.identity()
+        return bb.to(device) if device is not None else bb
+
+    @classmethod
+    def from_dinov3txt(cls, backbone_path: str, head_and_text_path: str, vocab_path: str | None = None,
+                       device=None, dense_tokens: str = "backbone") -> "Backbone":
+        """``dinov3txt-l16`` from the official files (local paths; the tokenizer vocabulary
+        defaults to open_clip's copy of ``bpe_simple_vocab_16e6``). ``dense_tokens``: "backbone"
+        (SPAR's reference) or "head" (see :mod:`spar_fast.backbones.dinov3txt`)."""
+        from .dinov3txt import load_official
+
+        bb = cls(load_official(backbone_path, head_and_text_path, vocab_path, dense_tokens), name="dinov3txt-l16")
+        return bb.to(device) if device is not None else bb
 
     # geometry / parameters ------------------------------------------------------------------
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -192,6 +218,8 @@ class Backbone(nn.Module):
     def tokenizer(self):
         """The text tokenizer, loaded on first use: ``tokenizer_path``, else open_clip's (offline:
         from the Hugging Face cache), else for random weights only a stand-in; one-line UserError."""
+        if self._tokenizer is None and hasattr(self._tower, "load_tokenizer"):
+            self._tokenizer = self._tower.load_tokenizer()  # families with their own tokenizer
         if self._tokenizer is None:
             if self._open_clip_name is None:
                 raise UserError("this backbone was wrapped without a model name; pass name= to "

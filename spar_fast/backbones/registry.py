@@ -10,6 +10,10 @@ tokenizer that needs the hub), so tests run the real code paths of each family i
 * ``openclip-tiny``: an open_clip ``VisionTransformer``, patch 16, native 48, width 64, 2 heads,
   3 blocks, output 32; a tiny text tower.
 
+``dinov3txt-l16`` (the third SPAR backbone) and ``dinov3txt-tiny`` (patch 16, window 64, width 64,
+4 heads, 3 blocks + the 2-block head; a 2-layer text tower) are not open_clip models: family
+``dinov3txt``, built by :mod:`spar_fast.backbones.dinov3txt` from ``configs/<name>.json``.
+
 Raw open_clip model names (``open_clip.list_models()``) are accepted too.
 """
 from __future__ import annotations
@@ -25,9 +29,11 @@ TINY_TIMM_SIGLIP = "spar_vit_tiny_patch16_siglip_64"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One known backbone: its open_clip config name and hub pretrained tag (None: no hub weights)."""
-    open_clip_name: str
+    """One known backbone: its open_clip config name and hub pretrained tag (None: no hub weights);
+    ``family`` names a non-open_clip family (its own builder), None for open_clip models."""
+    open_clip_name: str | None
     pretrained_tag: str | None
+    family: str | None = None
 
 
 KNOWN = {
@@ -35,6 +41,8 @@ KNOWN = {
     "openclip-b16": ModelEntry("ViT-B-16", "laion2b_s34b_b88k"),
     "siglip2-tiny": ModelEntry("SPAR-Tiny-Sig2", None),
     "openclip-tiny": ModelEntry("SPAR-Tiny-OpenCLIP", None),
+    "dinov3txt-l16": ModelEntry(None, None, "dinov3txt"),
+    "dinov3txt-tiny": ModelEntry(None, None, "dinov3txt"),
 }
 
 _registered = False
@@ -59,7 +67,7 @@ def ensure_registered() -> None:
                 input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.5,) * 3)
             return _create_vision_transformer(TINY_TIMM_SIGLIP, pretrained=pretrained, **dict(args, **kwargs))
         register_model(spar_vit_tiny_patch16_siglip_64)
-    if not all(e.open_clip_name in open_clip.list_models() for e in KNOWN.values()):
+    if not all(e.open_clip_name in open_clip.list_models() for e in KNOWN.values() if e.open_clip_name):
         open_clip.add_model_config(_CONFIG_DIR)
     _registered = True
 

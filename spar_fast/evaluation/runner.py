@@ -25,6 +25,8 @@ SETTINGS = {
     ("siglip2", "context60"): (50.0, 0.1, None),
     ("openclip", "voc21"): (65.0, 0.1, 0.1),
     ("openclip", "context60"): (50.0, 0.1, None),
+    ("dinov3txt", "voc21"): (65.0, 0.0, None),  # SPAR configs/dinov3txt/cfg_*.py: as SigLIP2
+    ("dinov3txt", "context60"): (50.0, 0.1, None),
 }
 
 # Datasets whose label 0 is the background, described by a line of stuff names.

@@ -2,14 +2,19 @@
 
 An unfreeze string is a comma list of:
 
-* ``blk_i``  — every parameter of block ``i`` (negative ``i`` counts from the end);
-* ``qkv_i``  — the attention input projection of block ``i``: SigLIP2 ``attn.qkv.*``,
-  OpenCLIP ``attn.in_proj_*`` (OpenCLIP fuses q, k, v into ``in_proj``);
-* ``mlp_i``  — the MLP of block ``i``: SigLIP2 ``mlp.fc1/fc2``, OpenCLIP ``mlp.c_fc/c_proj``;
-* ``posembed`` — SigLIP2 ``trunk.pos_embed``, OpenCLIP ``positional_embedding``;
-* ``patchembed`` — SigLIP2 ``trunk.patch_embed.*``, OpenCLIP ``conv1.*``;
+* ``blk_i``  — every parameter of block ``i`` (negative ``i`` counts from the end; DINOv3.txt:
+  the blocks of the ViT backbone, not of the vision head);
+* ``qkv_i``  — the attention input projection of block ``i``: SigLIP2 and DINOv3.txt
+  ``attn.qkv.*``, OpenCLIP ``attn.in_proj_*`` (OpenCLIP fuses q, k, v into ``in_proj``);
+* ``mlp_i``  — the MLP of block ``i``: SigLIP2 / DINOv3.txt ``mlp.fc1/fc2``, OpenCLIP
+  ``mlp.c_fc/c_proj``;
+* ``posembed`` — SigLIP2 ``trunk.pos_embed``, OpenCLIP ``positional_embedding``; refused for
+  DINOv3.txt, whose RoPE has no parameters (the reference's rule matches nothing there);
+* ``patchembed`` — SigLIP2 ``trunk.patch_embed.*``, OpenCLIP ``conv1.*``, DINOv3.txt
+  ``visual_model.backbone.patch_embed.*``;
 * ``attn_pool_kv`` — SigLIP2 only: ``trunk.attn_pool.kv.*`` (its value half feeds the dense head);
-* ``all`` — every parameter of the visual tower.
+* ``all`` — every parameter of the visual tower (DINOv3.txt: ``visual_model.*``; the reference
+  also marks the text tower, which gets no gradient from the dense loss).
 
 Only the listed parameters train; the dense head (SigLIP2 ``attn_pool``, OpenCLIP
 ``ln_post``/``proj``) stays frozen unless named (``all`` or ``attn_pool_kv``).
@@ -29,7 +34,10 @@ _PARTS = {
                 "patchembed": "trunk.patch_embed.", "attn_pool_kv": "trunk.attn_pool.kv."},
     "openclip": {"qkv": "attn.in_proj_", "mlp": "mlp.", "posembed": "positional_embedding",
                  "patchembed": "conv1."},
+    "dinov3txt": {"qkv": "attn.qkv.", "mlp": "mlp.", "patchembed": "backbone.patch_embed."},
 }
+# Tokens a family refuses, with the reason.
+_REFUSED = {("dinov3txt", "posembed"): "DINOv3.txt encodes positions with RoPE, which has no parameters"}
 _BLOCK_TOKEN = re.compile(r"^(blk|qkv|mlp)_(-?\d+)$")
 
 
@@ -44,7 +52,10 @@ class Trainable:
 
 
 def _visual_prefix(model) -> str:
-    return "visual." if hasattr(model, "visual") else ""
+    for name in ("visual", "visual_model"):
+        if hasattr(model, name):
+            return name + "."
+    return ""
 
 
 def resolve_unfreeze(spec: str, bb) -> Trainable:
@@ -77,6 +88,8 @@ def resolve_unfreeze(spec: str, bb) -> Trainable:
         elif token == "all":
             names, first_block = visual_names, 0
         elif token in ("posembed", "patchembed", "attn_pool_kv"):
+            if (bb.family, token) in _REFUSED:
+                raise UserError(f"unfreeze {token!r}: {_REFUSED[bb.family, token]}")
             if token not in parts:
                 raise UserError(f"unfreeze {token!r} exists only for SigLIP2 backbones, not {bb.family}")
             names = [n for n in visual_names if n[len(vis):].startswith(parts[token])]
