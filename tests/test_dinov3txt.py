@@ -334,6 +334,6 @@ def test_autocast_bf16(bb):
     # the max magnitude. Checks the mixed path: fp32 prefix tokens / RoPE tables, bf16 matmuls.
     imgs = [torch.randn(3, 48, 80), torch.randn(3, 16, 16)]
     ref = [sf.dense_features(bb, img) for img in imgs]
-    for out, r in zip(sf.dense_features(bb, imgs, autocast_dtype=torch.bfloat16), ref):
+    for out, r in zip(sf.dense_features(bb, imgs, precision="bf16"), ref):
         close(out.float(), r, 5e-2)
-    close(sf.dense_features(bb, imgs[0], autocast_dtype=torch.bfloat16).float(), ref[0], 5e-2)
+    close(sf.dense_features(bb, imgs[0], precision="bf16").float(), ref[0], 5e-2)
