@@ -105,3 +105,25 @@ def test_help_lists_every_option(capsys):
     for option in ("--out", "--backbone", "--stride", "--augment", "--dtype", "--device",
                    "--weights", "--max-pixels", "--seed", "--shard-size", "--limit", "--no-progress"):
         assert option in text
+
+
+def test_decode_path_is_recorded_and_followed_by_training(tmp_path, capsys):
+    """``--decode torchvision``: the store records it, its targets are the pil store's (same
+    pixels for these files), and training on it decodes with the store's path."""
+    pytest.importorskip("torchvision")
+    from spar_fast.data.decode import training_decode
+
+    images = tmp_path / "img"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (60 + 7 * i, 48, 3), dtype=np.uint8)).save(images / f"j{i}.jpg", quality=90)
+    stores = {d: tmp_path / d for d in ("pil", "torchvision")}
+    for decode, store in stores.items():
+        assert main(["features", str(images), "--out", str(store), *CLI, "--decode", decode]) == 0
+    tv, pil = FeatureStore(stores["torchvision"]), FeatureStore(stores["pil"])
+    assert tv.config["decode"] == "torchvision" and "decode" not in pil.config
+    assert training_decode(tv.config, None, torch.device("cpu")) == "torchvision"
+    for image_id in pil.ids:
+        assert torch.equal(tv.get(image_id)[0], pil.get(image_id)[0])
+    capsys.readouterr()

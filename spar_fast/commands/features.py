@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.decode import DECODES, LEGACY_DECODE
 from ..data.images import DEFAULT_MAX_PIXELS
 from ..store.codec import TARGET_DTYPES
 from ..errors import UserError
@@ -60,6 +61,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--shard-size", type=_positive, default=32, dest="shard_size",
                    help="images per shard file (default: 32)")
     p.add_argument("--limit", type=_positive, default=None, help="process only the first N images")
+    p.add_argument("--decode", choices=DECODES, default=LEGACY_DECODE,
+                   help="image decode path, recorded in the store so training decodes the same pixels "
+                        "(nvjpeg: on the GPU; docs/DATAPATH.md)")
     p.add_argument("--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, dest="max_pixels",
                    help="skip images whose source or augmented size exceeds N pixels, checked "
                         "from the file header before decoding (default: %(default)s)")
@@ -99,7 +103,8 @@ def run(args) -> int:
     summary = extract_features(args.images, args.out, backbone=args.backbone, weights=args.weights,
                                stride=args.stride, augment=args.augment, dtype=args.dtype,
                                device=args.device, seed=args.seed, shard_size=args.shard_size,
-                               limit=args.limit, max_pixels=args.max_pixels, progress=args.progress)
+                               limit=args.limit, max_pixels=args.max_pixels, progress=args.progress,
+                               decode=args.decode)
     if dist_env()[0] == 0:
         print(format_summary(summary))
     return 0

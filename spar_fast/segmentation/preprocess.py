@@ -47,11 +47,16 @@ def resize_to(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def prepare_image(image, mean, std, scale: tuple[int, int] | None = TEST_SCALE,
-                  device=None) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` -> normalized float32 ``[3, H', W']`` (test-resized unless ``scale`` is None)."""
+                  device=None, min_side: int = 1) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` -> normalized float32 ``[3, H', W']`` (test-resized unless ``scale`` is
+    None). A result with a side below ``min_side`` (e.g. a 3x100000 panorama squeezed under one
+    patch) or above the pixel limit is refused in one line before any resize."""
+    from ..data.images import check_image_size
+
     x = to_tensor01(image, device)
-    if scale is not None:
-        x = resize_to(x, keep_ratio_hw(x.shape[1], x.shape[2], scale))
+    hw = tuple(x.shape[1:]) if scale is None else keep_ratio_hw(x.shape[1], x.shape[2], scale)
+    check_image_size(hw, min_side=min_side, what="model input")
+    x = resize_to(x, hw)
     return normalize(x, mean, std)
 
 
@@ -100,7 +105,7 @@ def load_image(src, bb, resize: str | tuple[int, int] | None = "test", for_teach
     if resize is not None and resize != "test" and (isinstance(resize, str) or len(resize) != 2):
         raise UserError(f"resize must be 'test', a (long, short) scale or None, got {resize!r}")
     scale = None if resize is None else TEST_SCALE if resize == "test" else tuple(resize)
-    x = prepare_image(_to_uint8_rgb(src), bb.mean, bb.std, scale, device)
+    x = prepare_image(_to_uint8_rgb(src), bb.mean, bb.std, scale, device, min_side=bb.patch_size)
     if for_teacher:  # bilinear commutes with the per-channel normalization
         x = resize_to(x, teacher_hw(x.shape[1], x.shape[2], bb.patch_size, bb.window))
     return x

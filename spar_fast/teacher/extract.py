@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..atomic import remove_temp_files
+from ..data.decode import DECODES, LEGACY_DECODE, decode_image
 from ..data.augment import (MIN_SIDE, MULTIPLE, VARIANTS, apply_augment, image_seed, normalize,
                             sample_augment)
 from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_image_size,
@@ -75,14 +76,16 @@ def check_stride(stride: int, window: int, patch: int) -> None:
                         f"cells; use a multiple of {patch // MAX_UPSAMPLE} (patch {patch})")
 
 
-def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size):
+def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode):
     multiple = math.lcm(MULTIPLE, int(bb.patch_size))
     min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
     return {"format": FORMAT, "backbone": name, "weights": weights, "stride": stride,
             "augment": augment, "dtype": dtype, "seed": seed, "shard_size": shard_size,
             "patch_size": int(bb.patch_size), "window": int(bb.window),
             "feature_dim": int(bb.feature_dim), "mean": [float(v) for v in bb.mean],
-            "std": [float(v) for v in bb.std], "min_side": min_side, "multiple": multiple}
+            "std": [float(v) for v in bb.std], "min_side": min_side, "multiple": multiple,
+            # the decode path, recorded only when it is not the original one (older stores match)
+            **({} if decode == LEGACY_DECODE else {"decode": decode})}
 
 
 class _Prepared:
@@ -104,7 +107,11 @@ def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | Non
         params = sample_augment(H, W, image_seed(config["seed"], item.id), config["augment"],
                                 min_side=config["min_side"], multiple=config["multiple"])
         check_image_size(params.final_hw, max_pixels, what="augmented image")
-        img = load_image(item.path, max_pixels=max_pixels)
+        decode = config.get("decode", LEGACY_DECODE)
+        if decode == LEGACY_DECODE:
+            img = load_image(item.path, max_pixels=max_pixels)
+        else:  # the same path training decodes with (spar_fast/data/decode.py)
+            img = decode_image(item.path, decode, "cuda" if decode == "nvjpeg" else "cpu")
     except (UserError, OSError) as exc:
         reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageLoadError) else str(exc)
         if isinstance(exc, OSError):
@@ -186,7 +193,7 @@ def _weights(weights, pretrained) -> Weights:
 def extract_features(images, store_path, backbone="siglip2-b16-512", weights=None, stride=24,
                      augment="default", dtype="fp16", device=None, seed=0, shard_size=32,
                      teacher_fn=None, progress=True, limit=None, workers=None,
-                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None) -> dict:
+                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None, decode=LEGACY_DECODE) -> dict:
     """Compute teacher targets for ``images`` into the feature store at ``store_path``.
 
     Args:
@@ -206,6 +213,8 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
         workers: threads decoding and augmenting ahead of the teacher (default min(4, cpus)).
         max_pixels: images whose source or augmented size exceeds it are skipped (default
             ``DEFAULT_MAX_PIXELS``; None: no limit).
+        decode: image decode path ("pil" | "torchvision" | "nvjpeg", docs/DATAPATH.md), recorded
+            in ``store.json`` so training decodes the same pixels.
     Under torchrun each rank computes the chunks of rank ``rank`` (new images: ``rank::world``).
 
     Returns the summary of the whole run (all ranks): ``images`` (all the store lists), ``ok``
@@ -215,6 +224,8 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
     """
     start = time.perf_counter()
     _validate(augment, dtype, seed, shard_size, limit, max_pixels)
+    if decode not in DECODES:
+        raise UserError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
     rank, world, local_rank = dist_env()
     device = resolve_device(device, local_rank if world > 1 else None)
     items = list_images(images)
@@ -227,7 +238,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
         def teacher_fn(x):
             return teacher_features(bb, x, stride=stride)
     config = _run_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
-                         seed=seed, shard_size=shard_size)
+                         seed=seed, shard_size=shard_size, decode=decode)
     store_path = os.fspath(store_path)
     created = join_group(world)
     try:
