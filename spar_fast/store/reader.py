@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 
 import torch
-from safetensors import safe_open
 
 from ..data.augment import apply_augment
 from ..data.images import load_image, printable_id
@@ -44,12 +42,10 @@ class FeatureStore:
     index. Opening refuses (``CorruptStoreError``, one line) a store whose indexes do not hold
     every image its manifest lists, unless ``partial=True`` (then ``records`` holds what is
     there). ``get(image_id) -> (target [h, w, C] stored dtype, record)`` reads lazily through
-    ``safetensors.safe_open`` (memory-mapped, a few shard handles kept open) and checks the
+    ``spar_fast.store.codec`` (zero-copy views of memory-mapped shards) and checks the
     target's XXH3-128 checksum, shape and dtype against its record on every read
     (``verify_reads=False`` skips the checksum).
     """
-
-    _MAX_OPEN = 8  # open shard handles kept (each holds one mmap); enough for sequential reads
 
     def __init__(self, path: str | os.PathLike, partial: bool = False, verify_reads: bool = True):
         self.path = os.fspath(path)
@@ -86,7 +82,6 @@ class FeatureStore:
         self.records = sorted(records, key=lambda r: r.index)
         self.skipped = sorted(skipped, key=lambda r: r.index)
         self._by_id = {r.image_id: r for r in self.records}
-        self._handles: OrderedDict[str, object] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -103,15 +98,6 @@ class FeatureStore:
             return self._by_id[image_id]
         except KeyError:
             raise KeyError(f"image id {image_id!r} has no target in {self.path}") from None
-
-    def _handle(self, shard: str):
-        handle = self._handles.pop(shard, None)
-        if handle is None:
-            handle = safe_open(os.path.join(self.path, SHARD_DIR, shard), framework="pt")
-            if len(self._handles) >= self._MAX_OPEN:
-                self._handles.popitem(last=False)
-        self._handles[shard] = handle
-        return handle
 
     def get(self, image_id: str, decoded: bool = True) -> tuple[torch.Tensor | StoredTarget, StoreRecord]:
         """``(target [h, w, C], record)`` for one ok image, verified against its record (shape,
