@@ -6,7 +6,6 @@ exercises that backend everywhere instead of repeating the others.
 """
 import os
 
-import pytest
 
 
 def backend_params(*params):

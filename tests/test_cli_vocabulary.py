@@ -80,6 +80,12 @@ def test_eval_ranges(tmp_path, capsys, monkeypatch, args, words):
     one_line_error(capsys, rc, *words)
 
 
+def test_eval_all_with_queries_is_a_one_line_error(tmp_path, capsys):
+    """--queries holds one dataset's classes: with --all it is refused before any work."""
+    rc = main(["eval", "--all", "--queries", "x", "--root", str(tmp_path)])
+    one_line_error(capsys, rc, "--queries", "--dataset")
+
+
 def test_training_options_generated_from_config(capsys):
     """Every CLI field of TrainConfig is an option of train and distill, with its default shown,
     and parsing nothing gives the dataclass defaults."""

@@ -21,7 +21,7 @@ from PIL import Image
 from spar_fast.data.images import DEFAULT_MAX_PIXELS, check_image_size, load_image, read_image_size
 from spar_fast.errors import UserError
 from spar_fast.store import FeatureStore, verify
-from test_store import FAKE, ROOT, run_job
+from test_store import SUBPROCESS_PATH, run_job
 
 RNG = np.random.default_rng(3)
 
@@ -151,15 +151,16 @@ def test_corpus_peak_rss_is_bounded(corpus, tmp_path):
     """The whole corpus in a fresh process, which reports its own peak RSS (ru_maxrss)."""
     folder, _ = corpus
     script = tmp_path / "job.py"
-    script.write_text(FAKE + textwrap.dedent('''
+    script.write_text(textwrap.dedent('''
         import resource, sys
+        from store_fakes import FakeBackbone, fake_teacher
         from spar_fast.store import extract_features
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         summary = extract_features(sys.argv[1], sys.argv[2], backbone=FakeBackbone(),
                                    teacher_fn=fake_teacher, shard_size=4, progress=False, workers=2)
         print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(summary["skipped"]))
     '''))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=SUBPROCESS_PATH, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "s")], env=env,
                          check=True, timeout=120, capture_output=True, text=True).stdout
     before, peak, skipped = (int(v) for v in out.split()[-3:])

@@ -20,25 +20,13 @@ from PIL import Image
 
 from spar_fast.errors import UserError
 from spar_fast.store import FeatureStore, extract_features, verify
+from store_fakes import FakeBackbone, fake_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAKE = textwrap.dedent('''
-    import torch
-
-    class FakeBackbone:
-        """The attributes the job reads from a Backbone."""
-        name, patch_size, window, feature_dim = "fake", 16, 64, 6
-        mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-
-    _W = torch.linspace(-2.0, 2.0, 18).reshape(3, 6)
-
-    def fake_teacher(x):
-        """[3, H, W] -> [H/16, W/16, 6]: patch means times a fixed matrix."""
-        pooled = torch.nn.functional.avg_pool2d(x[None], 16)[0]
-        return torch.einsum("chw,cd->hwd", pooled, _W) * 10.0
-''')
-exec(FAKE)  # defines FakeBackbone, fake_teacher (also written into the subprocess scripts)
+TESTS = Path(__file__).resolve().parent
+# the subprocess scripts import the fakes from tests/, the package from the worktree
+SUBPROCESS_PATH = os.pathsep.join((str(ROOT), str(TESTS)))
 
 
 def make_images(folder: Path, n=5, bad=True) -> Path:
@@ -145,8 +133,9 @@ def test_resume_after_exception_is_byte_identical(tmp_path):
 def test_resume_after_sigkill_is_byte_identical(tmp_path):
     images = make_images(tmp_path / "img", n=6, bad=False)
     script = tmp_path / "job.py"
-    script.write_text(FAKE + textwrap.dedent('''
+    script.write_text(textwrap.dedent('''
         import sys, time
+        from store_fakes import FakeBackbone, fake_teacher
         from spar_fast.store import extract_features
         slow = sys.argv[3] == "slow"
         def teacher(x):
@@ -156,7 +145,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
         extract_features(sys.argv[1], sys.argv[2], backbone=FakeBackbone(), teacher_fn=teacher,
                          shard_size=2, progress=False)
     '''))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=SUBPROCESS_PATH, OMP_NUM_THREADS="1")
     run = [sys.executable, str(script), str(images)]
     subprocess.run(run + [str(tmp_path / "clean"), "fast"], env=env, check=True, timeout=120)
     proc = subprocess.Popen(run + [str(tmp_path / "s"), "slow"], env=env)

@@ -1,6 +1,7 @@
 """``spar-fast eval``: mIoU of a backbone on the open-vocabulary segmentation benchmarks."""
 from __future__ import annotations
 
+from ..errors import UserError
 from ..evaluation.datasets import DATASETS
 
 ALL = tuple(DATASETS)
@@ -53,12 +54,12 @@ def run(args) -> int:
     from ..segmentation.cli_args import load_model
     from ..segmentation.queries import default_cache_dir
 
+    if args.queries is not None and args.all:
+        raise UserError("--queries holds the classes of one dataset; use it with --dataset")
     if args.out:
         check_output_file(args.out, (".json",))
     from ..segmentation.query_file import load_query_set
     from ..segmentation.text_args import apply_tokenizer
-    if args.queries is not None and args.all:
-        raise UserError("--queries holds the classes of one dataset; use it with --dataset")
     queries = load_query_set(args.queries) if args.queries is not None else None
     bb = load_model(args)
     apply_tokenizer(bb, args)
