@@ -14,7 +14,7 @@ import statistics
 import pytest
 import torch
 
-from spar_fast import _backend
+from spar_fast import ops
 
 QUICK = os.environ.get("SPAR_FAST_BENCH_QUICK", "0") == "1"
 ON_GPU = torch.cuda.is_available()
@@ -56,7 +56,7 @@ def cuda_time_ms(fn, warmup: int = WARMUP, rounds: int = ROUNDS) -> float:
 
 def require_backend(op: str, backend: str, device: torch.device) -> None:
     """Skip the current benchmark when ``backend`` cannot run ``op`` on ``device``."""
-    impl = _backend.table()[op].impls.get(backend)
+    impl = ops.table()[op].impls.get(backend)
     if impl is None or not impl.available(device):
         pytest.skip(f"{op}: backend {backend!r} not available on {device.type}")
 

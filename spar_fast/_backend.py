@@ -1,15 +1,21 @@
 """The op table: every fast op's implementations, when each can run, and the one dispatch rule.
 
-An op is declared once with its automatic order per device type, and each implementation
-registers itself under a backend name with its availability predicate (and, for compiled code,
-the ``torch.ops.spar_fast`` op it calls, which tests/test_build.py checks)::
+An op is declared once with its automatic order per device type (``torch``, the reference, is
+appended last by the table itself), and each implementation registers itself under a backend
+name with its availability predicate (and, for compiled code, the ``torch.ops.spar_fast`` op it
+calls, which tests/test_build.py checks)::
 
-    STITCH = _backend.op("stitch", cpu=("cpp", "torch"), cuda=("cuda", "torch"))
+    STITCH = _backend.op("stitch", cpu=("cpp",), cuda=("cuda",))
 
     @STITCH.register("cpp", available=_backend.cpu_extension, compiled="upsample_stitch_")
     def _stitch_cpp(canvas, count, feats, origins, r, bbox): ...
 
     STITCH.run(canvas.device, canvas, count, feats, origins, r, bbox)   # after validation
+
+This module sits at the runtime level: it imports nothing of spar_fast but ``errors``. The ops
+fill the table when ``spar_fast.ops`` is imported (``spar_fast.ops.table()`` returns it filled),
+register what must happen once ``_C`` loads (:func:`on_extension_load`), and load their Triton
+kernels themselves (``spar_fast.ops.triton_kernels``).
 
 Backends: ``torch`` (the op's pure-PyTorch reference; always available, always last),
 ``cpp`` / ``cuda`` (``spar_fast._C``), ``triton`` (``kernels/<op>.py``; on CPU tensors only under
@@ -60,9 +66,20 @@ def extension():
         warn_once("_C", f"spar_fast._C not available ({exc.__class__.__name__}: {exc}); "
                         "using torch reference ops on CPU")
         return None
-    from .ops import compiled
-    compiled.register_fakes()
+    for hook in _ON_EXTENSION_LOAD:
+        hook()
     return module
+
+
+_ON_EXTENSION_LOAD: list[Callable[[], None]] = []
+
+
+def on_extension_load(hook: Callable[[], None]) -> None:
+    """Run ``hook()`` once ``spar_fast._C`` has loaded (now, if it already has): the ops register
+    the fake implementations of the compiled ops this way."""
+    _ON_EXTENSION_LOAD.append(hook)
+    if extension.cache_info().currsize and extension() is not None:
+        hook()
 
 
 def extension_has_cuda() -> bool:
@@ -202,39 +219,3 @@ def op(name: str, **order: tuple[str, ...]) -> Op:
     OPS[name] = Op(name, order)
     return OPS[name]
 
-
-def table() -> dict[str, Op]:
-    """Every op with its registered implementations (imports ``spar_fast.ops`` to fill it)."""
-    importlib.import_module("spar_fast.ops")
-    return OPS
-
-
-def _ensure_kernels_package() -> None:
-    """Make ``spar_fast.kernels`` importable.
-
-    An installed wheel has it at ``spar_fast/kernels/`` (``package_dir`` in setup.py); a source
-    checkout (editable install, tests run from the repository) has the top-level ``kernels/``
-    folder next to ``spar_fast/``, registered here under the package name.
-    """
-    import importlib.util
-    import sys
-
-    if "spar_fast.kernels" in sys.modules:
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.isdir(os.path.join(here, "kernels")):
-        return
-    init = os.path.join(os.path.dirname(here), "kernels", "__init__.py")
-    if not os.path.isfile(init):
-        raise ImportError("spar_fast.kernels not found (neither installed nor in a source checkout)")
-    spec = importlib.util.spec_from_file_location(
-        "spar_fast.kernels", init, submodule_search_locations=[os.path.dirname(init)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spar_fast.kernels"] = module
-    spec.loader.exec_module(module)
-
-
-def triton_kernels(name: str):
-    """Import ``spar_fast.kernels.<name>`` (the Triton kernels in the top-level ``kernels/``)."""
-    _ensure_kernels_package()
-    return importlib.import_module(f"spar_fast.kernels.{name}")

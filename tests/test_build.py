@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from spar_fast import _backend
+from spar_fast import _backend, ops
+from spar_fast.ops.triton_kernels import triton_kernels
 
 
 def _extension():
@@ -20,7 +21,7 @@ def _extension():
 
 def _compiled(kind: str) -> list[tuple[str, str, str]]:
     """(op, backend, compiled op name) of every table implementation of ``kind`` (cpp / cuda)."""
-    return [(op.name, impl.backend, impl.compiled) for op in _backend.table().values()
+    return [(op.name, impl.backend, impl.compiled) for op in ops.table().values()
             for impl in op.impls.values() if impl.backend == kind]
 
 
@@ -68,7 +69,7 @@ def test_cpu_dispatch_prefers_the_extension(monkeypatch):
     monkeypatch.delenv("SPAR_FAST_BACKEND", raising=False)
     for name in ("stitch", "stitch_finalize", "seg_head"):
         monkeypatch.delenv(f"SPAR_FAST_BACKEND_{name.upper()}", raising=False)
-        assert _backend.table()[name].pick(torch.device("cpu")).backend == "cpp"
+        assert ops.table()[name].pick(torch.device("cpu")).backend == "cpp"
 
 
 @pytest.mark.parametrize("module", ["spar_fast", "spar_fast.ops"])
@@ -82,6 +83,6 @@ def test_import_needs_only_torch(module):
 
 def test_triton_kernels_package_resolves():
     pytest.importorskip("triton")
-    kernels = _backend.triton_kernels("seg_head")
+    kernels = triton_kernels("seg_head")
     assert kernels.__name__ == "spar_fast.kernels.seg_head"
     assert callable(kernels.seg_head_pass)

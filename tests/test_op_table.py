@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from spar_fast import _backend
+from spar_fast import _backend, ops
 from spar_fast.errors import UserError
 
 CPU = torch.device("cpu")
@@ -10,7 +10,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in list(_backend.table()):
+    for name in list(ops.table()):
         monkeypatch.delenv(f"SPAR_FAST_BACKEND_{name.upper()}", raising=False)
     monkeypatch.delenv("SPAR_FAST_BACKEND", raising=False)
     monkeypatch.setattr(_backend, "_warned", set())
@@ -18,20 +18,20 @@ def clean_env(monkeypatch):
 
 
 def test_every_op_is_declared_with_its_reference():
-    ops = _backend.table()
-    assert set(ops) == {"stitch", "stitch_finalize", "seg_head", "varlen_attention"}
-    for op in ops.values():
+    declared = ops.table()
+    assert set(declared) == {"stitch", "stitch_finalize", "seg_head", "varlen_attention"}
+    for op in declared.values():
         assert "torch" in op.impls, f"{op.name} has no torch reference"
         for order in op.order.values():
             assert "torch" not in order  # appended last by the table itself
             assert set(order) <= set(op.impls), f"{op.name} orders an unregistered backend"
-    assert set(ops["stitch"].impls) == {"torch", "cpp", "cuda"}  # one GPU stitch
-    assert set(ops["stitch_finalize"].impls) == {"torch", "cpp"}
+    assert set(declared["stitch"].impls) == {"torch", "cpp", "cuda"}  # one GPU stitch
+    assert set(declared["stitch_finalize"].impls) == {"torch", "cpp"}
 
 
 def test_automatic_order_ends_with_the_reference(clean_env):
     clean_env.setattr(_backend, "extension", lambda: None)  # no _C: the reference everywhere
-    for op in _backend.table().values():
+    for op in ops.table().values():
         assert op.pick(CPU, torch.zeros(1, 1, 1)).backend == "torch"
 
 
@@ -44,7 +44,7 @@ def test_automatic_order_ends_with_the_reference(clean_env):
 def test_per_op_variable_is_strict(clean_env, op, value, message):
     clean_env.setenv(f"SPAR_FAST_BACKEND_{op.upper()}", value)
     with pytest.raises(UserError, match=message):
-        _backend.table()[op].pick(CPU)
+        ops.table()[op].pick(CPU)
 
 
 def test_global_variable_applies_where_the_backend_exists(clean_env):
@@ -52,14 +52,14 @@ def test_global_variable_applies_where_the_backend_exists(clean_env):
     automatic order, saying so once per op; the per-op variable wins over the global one."""
     clean_env.setenv("SPAR_FAST_BACKEND", "triton")
     clean_env.setenv("TRITON_INTERPRET", "1")
-    stitch = _backend.table()["stitch_finalize"]
+    stitch = ops.table()["stitch_finalize"]
     with pytest.warns(RuntimeWarning, match="no 'triton' implementation"):
         auto = stitch.pick(CPU).backend
     assert auto in ("cpp", "torch")
     if _backend.triton_available():
-        assert _backend.table()["seg_head"].pick(CPU).backend == "triton"
+        assert ops.table()["seg_head"].pick(CPU).backend == "triton"
     clean_env.setenv("SPAR_FAST_BACKEND_SEG_HEAD", "torch")
-    assert _backend.table()["seg_head"].pick(CPU).backend == "torch"
+    assert ops.table()["seg_head"].pick(CPU).backend == "torch"
 
 
 def test_warn_once(clean_env):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backends import backend_params
-from spar_fast import _backend
+from spar_fast import _backend, ops
 from spar_fast.errors import UserError
 from spar_fast.ops.stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,
                                   upsample_stitch_, upsample_stitch_reference)
@@ -90,7 +90,7 @@ GPU_CASES = CASES + [(64, 32, 2, 768, 100, 140)]  # SigLIP2 windows (g=32, C=768
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "N{}_g{}_r{}_C{}_{}x{}".format(*c))
 def test_gpu_upsample_stitch_matches_reference(gpu_backend, case, dtype, monkeypatch):
-    if not _backend.table()["stitch"].impls[gpu_backend].available(torch.device("cuda")):
+    if not ops.table()["stitch"].impls[gpu_backend].available(torch.device("cuda")):
         pytest.skip(f"{gpu_backend} not available on cuda")
     monkeypatch.setenv("SPAR_FAST_BACKEND_STITCH", gpu_backend)
     _check_case(case, dtype, "cuda")

@@ -20,9 +20,10 @@ from attention_checks import LENGTH_CASES, check_against_reference, cu_of, fresh
 from spar_fast import _backend
 from spar_fast.errors import UserError
 from spar_fast.ops import varlen_attention
+from spar_fast.ops.triton_kernels import triton_kernels
 
 pytest.importorskip("triton")
-kernels = _backend.triton_kernels("varlen_attention")
+kernels = triton_kernels("varlen_attention")
 
 
 @pytest.mark.parametrize("case", list(LENGTH_CASES))
@@ -73,9 +74,9 @@ SM90_BUILD = """
 import json, sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from spar_fast import _backend
 from spar_fast.errors import UserError
-kernels = _backend.triton_kernels("varlen_attention")
+from spar_fast.ops.triton_kernels import triton_kernels
+kernels = triton_kernels("varlen_attention")
 dim = int(sys.argv[1])
 cfg = kernels.default_config(dim)
 pointers = {name: "*bf16" for name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}

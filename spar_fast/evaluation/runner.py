@@ -14,7 +14,8 @@ import torch
 from ..errors import UserError
 from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
-from ..segmentation.queries import as_query_set, parse_classes
+from ..segmentation.queries import parse_classes
+from ..segmentation.query_file import as_query_set
 from .datasets import get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from .triton_kernels import triton_kernels
 from ..errors import UserError
 from .bilinear import bilinear_taps
 
@@ -141,7 +142,7 @@ def _fused(fused_pass):
 SEG_HEAD.register("cpp", available=_backend.cpu_extension, compiled="seg_head_pass")(
     _fused(lambda *args: torch.ops.spar_fast.seg_head_pass(*args)))
 SEG_HEAD.register("triton", available=_backend.triton_device)(
-    _fused(lambda *args: _backend.triton_kernels("seg_head").seg_head_pass(*args)))
+    _fused(lambda *args: triton_kernels("seg_head").seg_head_pass(*args)))
 
 
 def seg_head(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[int, int],

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from .triton_kernels import triton_kernels
 
 MAX_TRITON_HEAD_DIM = 128  # the Triton tile configs are sized for D <= 128
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -94,7 +95,7 @@ def _reference(q, k, v, cu_seqlens, max_seqlen, scale):
 
 @VARLEN_ATTENTION.register("triton", available=_backend.triton_device, accepts=_triton_head_dim)
 def _triton(q, k, v, cu_seqlens, max_seqlen, scale):
-    return _backend.triton_kernels("varlen_attention").varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+    return triton_kernels("varlen_attention").varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
 @VARLEN_ATTENTION.register("torch_varlen", available=_backend.cuda_module("torch.nn.attention.varlen"),

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..runtime import autocast
 from ..teacher.features import check_image
 from ..teacher.window_plan import window_origins
-from .queries import resolve_queries
+from .query_file import resolve_queries
 
 # Windows per forward in sliding mode: the sub-batch of the paper's timing protocol (SPEC §5.8).
 SLIDE_BATCH = 60

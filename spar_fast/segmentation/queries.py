@@ -9,7 +9,7 @@ per name, bit for bit the reference's loop. ``query_to_class`` maps queries to l
 Embeddings are cached in memory per (backbone, class lines, tokenizer, device). With
 ``cache_dir`` they are also kept on disk under ``<cache_dir>/<key>.pt`` (``default_cache_dir()``),
 the key hashing the backbone name, its weights id, the tokenizer path and the class text; random
-weights are never cached on disk. :func:`resolve_queries` picks between class text and a
+weights are never cached on disk. :func:`~spar_fast.segmentation.query_file.resolve_queries` picks between class text and a
 precomputed query file (``spar_fast.segmentation.query_file``).
 """
 from __future__ import annotations
@@ -188,32 +188,3 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
     queries, q2c = per_bb[key]
     return queries, q2c, lines
 
-
-def as_query_set(queries, bb, classes=None):
-    """A checked :class:`~spar_fast.segmentation.query_file.QuerySet` from a query file path or a
-    QuerySet; ``classes``, when also given, must equal its class lines."""
-    from .query_file import QuerySet, check_query_set, load_query_set
-
-    qs = queries if isinstance(queries, QuerySet) else load_query_set(queries)
-    check_query_set(qs, bb)
-    if classes is not None and parse_classes(classes) != list(qs.lines):
-        raise UserError("the classes given differ from the class lines of the query file; give only one")
-    return qs
-
-
-def resolve_queries(bb, classes=None, queries=None, device=None, cache_dir=None, tokenizer=None,
-                    progress: bool | None = None):
-    """``(queries [Q, D], query_to_class [Q], lines)`` from class text or precomputed queries.
-
-    ``queries``: a query file path or a ``QuerySet`` (see :func:`as_query_set`; no tokenizer and
-    no text tower are used). Otherwise ``classes`` go through :func:`text_queries`.
-    """
-    if queries is None:
-        if classes is None:
-            raise UserError("give the classes (class lines or a class file) or precomputed queries")
-        return text_queries(bb, classes, device=device, cache_dir=cache_dir, tokenizer=tokenizer,
-                            progress=progress)
-    qs = as_query_set(queries, bb, classes)
-    if device is None:
-        device = next(iter(bb.parameters())).device
-    return qs.queries.to(device), qs.query_to_class.to(device), list(qs.lines)

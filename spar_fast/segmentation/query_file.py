@@ -15,6 +15,7 @@ import torch
 
 from ..atomic import atomic_write_with
 from ..errors import UserError
+from .queries import TEMPLATES_SHA256, parse_classes, text_queries
 
 FORMAT = "spar_fast.queries/1"
 
@@ -39,7 +40,6 @@ class QuerySet:
 def compute_query_set(bb, classes, tokenizer=None, progress: bool | None = None) -> QuerySet:
     """Encode ``classes`` with ``bb``'s text tower (``tokenizer``: a local tokenizer path)."""
     from ..backbones.text import StandInTokenizer, weights_id
-    from .queries import TEMPLATES_SHA256, text_queries
 
     queries, q2c, lines = text_queries(bb, classes, device="cpu", tokenizer=tokenizer, progress=progress)
     if isinstance(bb.tokenizer, StandInTokenizer):
@@ -98,3 +98,31 @@ def check_query_set(qs: QuerySet, bb) -> None:
     if qs.feature_dim != bb.feature_dim:
         raise UserError(f"the query file holds {qs.feature_dim}-dim queries but backbone {name} "
                         f"has {bb.feature_dim}-dim features")
+
+
+def as_query_set(queries, bb, classes=None):
+    """A checked :class:`~spar_fast.segmentation.query_file.QuerySet` from a query file path or a
+    QuerySet; ``classes``, when also given, must equal its class lines."""
+    qs = queries if isinstance(queries, QuerySet) else load_query_set(queries)
+    check_query_set(qs, bb)
+    if classes is not None and parse_classes(classes) != list(qs.lines):
+        raise UserError("the classes given differ from the class lines of the query file; give only one")
+    return qs
+
+
+def resolve_queries(bb, classes=None, queries=None, device=None, cache_dir=None, tokenizer=None,
+                    progress: bool | None = None):
+    """``(queries [Q, D], query_to_class [Q], lines)`` from class text or precomputed queries.
+
+    ``queries``: a query file path or a ``QuerySet`` (see :func:`as_query_set`; no tokenizer and
+    no text tower are used). Otherwise ``classes`` go through :func:`text_queries`.
+    """
+    if queries is None:
+        if classes is None:
+            raise UserError("give the classes (class lines or a class file) or precomputed queries")
+        return text_queries(bb, classes, device=device, cache_dir=cache_dir, tokenizer=tokenizer,
+                            progress=progress)
+    qs = as_query_set(queries, bb, classes)
+    if device is None:
+        device = next(iter(bb.parameters())).device
+    return qs.queries.to(device), qs.query_to_class.to(device), list(qs.lines)
