@@ -54,7 +54,8 @@ def sa1b_like_jpeg(path: str) -> None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from spar_fast.store import FeatureStore, extract_features
+    from spar_fast.jobs.extract import extract_features
+    from spar_fast.store import FeatureStore
 
     root = tmp_path_factory.mktemp("loader_bench")
     os.makedirs(root / "img")

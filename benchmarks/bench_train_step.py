@@ -49,7 +49,7 @@ def setup(tmp_path_factory):
     does not depend on their values), the backbone, and the items on the device."""
     from skimage import data
 
-    from spar_fast.store import extract_features
+    from spar_fast.jobs.extract import extract_features
 
     root = tmp_path_factory.mktemp("train_bench")
     os.makedirs(root / "img")

@@ -110,31 +110,40 @@ def test_training_options_generated_from_config(capsys):
 
 def test_store_recorded_weights_forms(tmp_path):
     """train reads the store's record in the new form and in the older pretrained forms."""
+    from spar_fast.store.records import StoreConfig
     from spar_fast.train.trainer import _store_weights
+
+    base = {"format": "spar_fast.store/2", "backbone": "siglip2-tiny", "stride": 24, "augment": "none",
+            "dtype": "fp16", "seed": 0, "shard_size": 32, "patch_size": 16, "window": 64,
+            "feature_dim": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "min_side": 512, "multiple": 16}
+
+    def recorded(**keys):
+        return StoreConfig.from_dict(dict(base, **keys))
 
     path = tmp_path / "w.safetensors"
     path.write_bytes(b"")
-    assert _store_weights("s", {"weights": "random:3"}) == "random:3"
-    assert _store_weights("s", {"pretrained": "random:3"}) == "random:3"
-    assert _store_weights("s", {"pretrained": True}) == "hub"
-    assert _store_weights("s", {"pretrained": False}) == "random:0"
-    assert _store_weights("s", {"pretrained": None}) == "random:0"
-    assert _store_weights("s", {"pretrained": str(path)}) == str(path)
+    assert _store_weights("s", recorded(weights="random:3")) == "random:3"
+    assert _store_weights("s", recorded(pretrained="random:3")) == "random:3"
+    assert _store_weights("s", recorded(pretrained=True)) == "hub"
+    assert _store_weights("s", recorded(pretrained=False)) == "random:0"
+    assert _store_weights("s", recorded(pretrained=None)) == "random:0"
+    assert _store_weights("s", recorded(pretrained=str(path))) == str(path)
     with pytest.raises(UserError, match="--weights"):
-        _store_weights("s", {"pretrained": str(tmp_path / "gone.pt")})
+        _store_weights("s", recorded(pretrained=str(tmp_path / "gone.pt")))
 
 
 def test_random_store_then_train_without_init_file(tmp_path, photos, capsys):
     """A store made with random:SEED weights records them; train starts the student from the same
     seeded weights, and nothing but the store and the run is written."""
     from spar_fast.backbones import Backbone
-    from spar_fast.store import FeatureStore, extract_features
+    from spar_fast.jobs.extract import extract_features
+    from spar_fast.store import FeatureStore
     from spar_fast.train import checkpoint as ckpt
 
     store = str(tmp_path / "store")
     extract_features(photos, store, backbone="siglip2-tiny", pretrained="random:3", augment="none",
                      device="cpu", progress=False, workers=0)
-    assert FeatureStore(store).config["weights"] == "random:3"
+    assert FeatureStore(store).config.weights == "random:3"
     run = str(tmp_path / "run")
     rc = main(["train", store, "--out", run, "--epochs", "1", "--unfreeze", "blk_-1", "--lr", "1e-3",
                "--workers", "0", "--quiet", *CPU])

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import spar_fast as sf
 from spar_fast.backbones import Backbone, rope
-from spar_fast.backbones.dinov3txt import convert_official, main as convert_main
+from spar_fast.backbones.dinov3txt import convert_official
+from spar_fast.commands.dinov3txt import main as convert_main
 from spar_fast.backbones.dinov3txt_model import DinoTxt
 from spar_fast.backbones.weights import save_weights
 from spar_fast.errors import UserError

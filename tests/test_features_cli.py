@@ -9,7 +9,8 @@ from PIL import Image
 
 from spar_fast.cli import main
 from spar_fast.data import normalize
-from spar_fast.store import FeatureStore, extract_features
+from spar_fast.jobs.extract import extract_features
+from spar_fast.store import FeatureStore
 
 
 def _images(folder: Path, n=3) -> Path:
@@ -33,7 +34,7 @@ def test_features_and_verify_commands(tmp_path, capsys):
     assert "images: 4  ok: 3  skipped: 1  computed: 3  resumed: 0" in out
     assert "skipped broken:" in out
     fs = FeatureStore(store)
-    assert len(fs) == 3 and fs.config["backbone"] == "siglip2-tiny" and fs.config["weights"] == "random:3"
+    assert len(fs) == 3 and fs.config.backbone == "siglip2-tiny" and fs.config.weights == "random:3"
     target, rec = fs.get("p2")
     assert target.dtype == torch.float16 and tuple(target.shape) == (rec.image_hw[0] // 16,
                                                                      rec.image_hw[1] // 16, 64)
@@ -122,8 +123,8 @@ def test_decode_path_is_recorded_and_followed_by_training(tmp_path, capsys):
     for decode, store in stores.items():
         assert main(["features", str(images), "--out", str(store), *CLI, "--decode", decode]) == 0
     tv, pil = FeatureStore(stores["torchvision"]), FeatureStore(stores["pil"])
-    assert tv.config["decode"] == "torchvision" and "decode" not in pil.config
-    assert training_decode(tv.config, None, torch.device("cpu")) == "torchvision"
+    assert tv.config.decode == "torchvision" and "decode" not in pil.config.to_dict()
+    assert training_decode(tv.config.decode, None, torch.device("cpu")) == "torchvision"
     for image_id in pil.ids:
         assert torch.equal(tv.get(image_id)[0], pil.get(image_id)[0])
     capsys.readouterr()

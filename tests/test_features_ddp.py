@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent('''
     import json, sys
     import torch
-    from spar_fast.store import extract_features
-    from spar_fast.teacher.extract_dist import dist_env
+    from spar_fast.jobs.extract import extract_features
+    from spar_fast.jobs.extract_dist import dist_env
 
     class FakeBackbone:
         name, patch_size, window, feature_dim = "fake", 16, 64, 5
@@ -69,6 +69,6 @@ def test_two_process_store_equals_one_process(tmp_path):
         da.pop("shard"), db.pop("shard")  # file names depend on the rank count, nothing else may
         assert da == db
         torch.testing.assert_close(a.get(ra.image_id)[0], b.get(rb.image_id)[0], rtol=0, atol=0)
-    assert {k: v for k, v in a.config.items() if k != "world_size"} == \
-        {k: v for k, v in b.config.items() if k != "world_size"}
+    assert {k: v for k, v in a.config.to_dict().items() if k != "world_size"} == \
+        {k: v for k, v in b.config.to_dict().items() if k != "world_size"}
     assert verify(tmp_path / "two")["complete"]

@@ -70,26 +70,51 @@ def test_odd_files_fall_back_to_pillow(tmp_path):
         read_image(str(tmp_path / "t.jpg"), "torchvision")
 
 
+# a store.json written before the decode path was recorded
+STORE_JSON = {"format": "spar_fast.store/2", "backbone": "siglip2-tiny", "weights": "random:0",
+              "stride": 24, "augment": "default", "dtype": "fp16", "seed": 0, "shard_size": 32,
+              "patch_size": 16, "window": 64, "feature_dim": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+              "min_side": 512, "multiple": 16}
+
+
+def test_store_config_round_trip():
+    """The typed store.json: the same JSON back (decode left out when it is the original path),
+    keys of older versions kept, a missing field named."""
+    from spar_fast.store.records import StoreConfig
+
+    config = StoreConfig.from_dict(STORE_JSON)
+    assert config.to_dict() == STORE_JSON and config.mean == (0.5, 0.5, 0.5)
+    assert StoreConfig.from_dict(dict(STORE_JSON, decode="nvjpeg")).to_dict()["decode"] == "nvjpeg"
+    old = {k: v for k, v in STORE_JSON.items() if k != "weights"} | {"pretrained": True}
+    assert StoreConfig.from_dict(old).extra == {"pretrained": True}
+    assert StoreConfig.from_dict(old).to_dict() == dict(old, weights=None)
+    with pytest.raises(ValueError, match="missing stride"):
+        StoreConfig.from_dict({k: v for k, v in STORE_JSON.items() if k != "stride"})
+
+
 def test_decode_choice_and_store_mismatch():
+    from spar_fast.store.records import StoreConfig
+
     cpu = torch.device("cpu")
     assert default_decode(cpu) in ("torchvision", "pil")
     assert not available("nvjpeg", cpu) or torch.cuda.is_available()
-    assert training_decode({}, None, cpu) == "pil"  # stores without the key: load_image
+    assert StoreConfig.from_dict(STORE_JSON).decode == "pil"  # stores without the key: load_image
+    assert training_decode("pil", None, cpu) == "pil"
     with pytest.raises(UserError, match="cannot run on cpu"):
-        training_decode({"decode": "nvjpeg"}, None, cpu)
+        training_decode("nvjpeg", None, cpu)
     with pytest.warns(UserWarning, match="other pixels"):
-        assert training_decode({"decode": "nvjpeg"}, "pil", cpu) == "pil"
+        assert training_decode("nvjpeg", "pil", cpu) == "pil"
     if available("torchvision"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # same pixels: no warning
-            assert training_decode({"decode": "pil"}, "torchvision", cpu) == "torchvision"
+            assert training_decode("pil", "torchvision", cpu) == "torchvision"
     with pytest.warns(UserWarning, match="decoded with"):
-        training_decode({"decode": "pil", "decode_version": "pil, Pillow 0.1"}, None, cpu)
+        training_decode("pil", None, cpu, "pil, Pillow 0.1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        training_decode({"decode": "pil", "decode_version": decode_signature("pil")}, None, cpu)
+        training_decode("pil", None, cpu, decode_signature("pil"))
     with pytest.raises(UserError, match="decode must be one of"):
-        training_decode({}, "opencv", cpu)
+        training_decode("pil", "opencv", cpu)
     with pytest.raises(UserError, match="needs a CUDA device"):
         decode_image(__file__, "nvjpeg", "cpu")
 

@@ -154,7 +154,7 @@ def test_corpus_peak_rss_is_bounded(corpus, tmp_path):
     script.write_text(textwrap.dedent('''
         import resource, sys
         from store_fakes import FakeBackbone, fake_teacher
-        from spar_fast.store import extract_features
+        from spar_fast.jobs.extract import extract_features
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         summary = extract_features(sys.argv[1], sys.argv[2], backbone=FakeBackbone(),
                                    teacher_fn=fake_teacher, shard_size=4, progress=False, workers=2)

@@ -123,7 +123,7 @@ def test_eval_one(tmp_path, capsys):
 def test_eval_all(tmp_path, capsys, monkeypatch):
     # the six datasets' 359 class lines x 80 prompts through a real text tower take a minute on
     # 2 CPU cores; the stand-in backbone keeps this test to the command's own work
-    import spar_fast.segmentation.cli_args as cli_args
+    import spar_fast.commands.model_args as cli_args
     from test_segment import FakeBackbone
     monkeypatch.setattr(cli_args, "load_model", lambda args, weights=None: FakeBackbone())
     for name in ("voc21", "context60", "cityscapes", "ade20k"):

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from spar_fast.errors import UserError
-from spar_fast.store import FeatureStore, extract_features, verify
+from spar_fast.jobs.extract import extract_features
+from spar_fast.store import FeatureStore, verify
 from store_fakes import FakeBackbone, fake_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_roundtrip_records_and_targets(tmp_path):
     assert len(fs) == 5 and fs.ids == [f"im{i}" for i in range(5)]
     assert sorted(os.listdir(tmp_path / "s" / "shards")) == [
         f"r000-00000{k}.{ext}" for k in range(4) for ext in ("json", "safetensors")]
-    assert fs.config["seed"] == 7 and fs.config["dtype"] == "fp16"
+    assert fs.config.seed == 7 and fs.config.dtype == "fp16"
     for rec, x in zip(fs.records, seen):
         target, rec2 = fs.get(rec.image_id)
         assert rec2 is rec and target.dtype == torch.float16
@@ -136,7 +137,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
     script.write_text(textwrap.dedent('''
         import sys, time
         from store_fakes import FakeBackbone, fake_teacher
-        from spar_fast.store import extract_features
+        from spar_fast.jobs.extract import extract_features
         slow = sys.argv[3] == "slow"
         def teacher(x):
             if slow:

@@ -23,7 +23,7 @@ SIZES = [(64, 64), (60, 90), (100, 70)]
 
 def make_tiny_store(root, backbone="siglip2-tiny", sizes=SIZES, seed=0):
     """Random-pixel images + a seeded random teacher -> (store path, its weights "random:SEED")."""
-    from spar_fast.store import extract_features
+    from spar_fast.jobs.extract import extract_features
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "img"), exist_ok=True)
@@ -46,12 +46,13 @@ def recode_store(store, dtype, poison=None):
     from spar_fast.store.codec import encode_target, stored_tensors
     from spar_fast.store.layout import SHARD_DIR, read_json, target_digest
     from spar_fast.store.records import StoreRecord
-    from spar_fast.store.writer import read_manifest, write_chunk
+    from spar_fast.store.records import read_manifest
+    from spar_fast.store.writer import write_chunk
 
     fs = FeatureStore(store)
     shard_dir = os.path.join(store, SHARD_DIR)
     for chunk in read_manifest(store):
-        index = read_json(os.path.join(shard_dir, chunk["name"] + ".json"))
+        index = read_json(os.path.join(shard_dir, chunk.name + ".json"))
         records, tensors = [], {}
         for rec in map(StoreRecord.from_dict, index["records"]):
             if rec.ok:
@@ -62,7 +63,7 @@ def recode_store(store, dtype, poison=None):
                 tensors.update(stored_tensors(rec.key, stored))
                 rec = replace(rec, dtype=dtype, checksum=target_digest(stored))
             records.append(rec)
-        write_chunk(shard_dir, chunk["name"], records, tensors)
+        write_chunk(shard_dir, chunk.name, records, tensors)
 
 
 @pytest.fixture(scope="module")

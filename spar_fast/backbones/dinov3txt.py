@@ -32,7 +32,6 @@ Weights: the official files (``dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`` an
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -53,7 +52,7 @@ BACKBONE_FILE = "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"
 HEAD_AND_TEXT_FILE = "dinov3_vitl16_dinotxt_vision_head_and_text_encoder-a442d8f5.pth"
 HUB_MESSAGE = (f"DINOv3.txt weights cannot be fetched automatically: download {BACKBONE_FILE} and "
                f"{HEAD_AND_TEXT_FILE} under the DINOv3 licence (https://ai.meta.com/dinov3/), then "
-               "`python -m spar_fast.backbones.dinov3txt BACKBONE.pth HEAD_AND_TEXT.pth "
+               "`python -m spar_fast.commands.dinov3txt BACKBONE.pth HEAD_AND_TEXT.pth "
                "dinov3txt-l16.safetensors` and pass that file as the weights (--weights / --checkpoint FILE; "
                "API: Backbone.from_dinov3txt(BACKBONE.pth, HEAD_AND_TEXT.pth))")
 
@@ -241,23 +240,3 @@ def convert_official(backbone_path: str, head_and_text_path: str, out_path: str,
 
     save_weights(load_official(backbone_path, head_and_text_path, name=name), out_path)
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spar_fast.backbones.dinov3txt",
-                                description="Combine the official DINOv3.txt files into one weights file "
-                                            "for --weights / from_pretrained('dinov3txt-l16', PATH).")
-    p.add_argument("backbone", help=BACKBONE_FILE)
-    p.add_argument("head_and_text", help=HEAD_AND_TEXT_FILE)
-    p.add_argument("out", help="output .safetensors path")
-    args = p.parse_args(argv)
-    try:
-        convert_official(args.backbone, args.head_and_text, args.out)
-    except UserError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..demo import run_demo
+    from ..jobs.demo import run_demo
     from ..runtime import check_output_dir, resolve_device
 
     check_output_dir(args.out)

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..train import distill
+    from ..jobs.distill import distill
     from .train import config_from_args
 
     path = distill(args.images, args.out, backbone=args.backbone, weights=args.weights,

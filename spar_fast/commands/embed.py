@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from ..segmentation.cli_args import add_model_args, add_resize_arg
+    from .model_args import add_model_args, add_resize_arg
 
     p = subparsers.add_parser(
         "embed", help="dense features of an image to .safetensors or .npy",
@@ -21,7 +21,7 @@ def run(args) -> int:
 
     from ..backbones import dense_features
     from ..runtime import check_output_file
-    from ..segmentation.cli_args import load_model, model_input, read_image
+    from .model_args import load_model, model_input, read_image
 
     check_output_file(args.output, (".safetensors", ".npy"))
     image = read_image(args.image)

@@ -8,7 +8,7 @@ ALL = tuple(DATASETS)
 
 
 def add_parser(subparsers) -> None:
-    from ..segmentation.cli_args import (AREA_THD, LOGIT_SCALE, POSITIVE_INT, PROB_THD, STRIDE,
+    from .model_args import (AREA_THD, LOGIT_SCALE, POSITIVE_INT, PROB_THD, STRIDE,
                                          add_model_args)
 
     p = subparsers.add_parser(
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--root", required=True,
                    help="dataset folder (e.g. VOCdevkit/VOC2012) or a data folder holding the "
                         "datasets under their standard names")
-    from ..segmentation.text_args import add_queries_arg, add_tokenizer_arg
+    from .text_args import add_queries_arg, add_tokenizer_arg
     add_model_args(p)
     add_tokenizer_arg(p)
     add_queries_arg(p)
@@ -49,9 +49,9 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import json
 
-    from ..evaluation import evaluate
+    from ..jobs.evaluate import evaluate_datasets
     from ..runtime import check_output_file
-    from ..segmentation.cli_args import load_model
+    from .model_args import load_model
     from ..segmentation.queries import default_cache_dir
 
     if args.queries is not None and args.all:
@@ -59,23 +59,19 @@ def run(args) -> int:
     if args.out:
         check_output_file(args.out, (".json",))
     from ..segmentation.query_file import load_query_set
-    from ..segmentation.text_args import apply_tokenizer
+    from .text_args import apply_tokenizer
     queries = load_query_set(args.queries) if args.queries is not None else None
     bb = load_model(args)
     apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
-    results = []
-    for name in names:
-        results.append(evaluate(
-            bb, name, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
-            prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
-            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries))
-        if args.per_class:
-            _print_per_class(results[-1])
+    runs = evaluate_datasets(
+        bb, names, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
+        prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
+        stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
+        on_result=_print_per_class if args.per_class else None)
+    results = runs["results"]
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
-               "units": "percent", "queries": args.queries, "results": results}
-    if args.all:
-        summary["Mean6"] = sum(r["mIoU"] for r in results) / len(results)
+               "units": "percent", "queries": args.queries, **runs}
     _print_table(results, summary.get("Mean6"))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -95,8 +95,8 @@ def format_summary(s: dict) -> str:
 
 
 def run(args) -> int:
-    from ..teacher.extract import extract_features
-    from ..teacher.extract_dist import dist_env
+    from ..jobs.extract import extract_features
+    from ..jobs.extract_dist import dist_env
 
     if not args.out:
         raise UserError("--out must name a folder")

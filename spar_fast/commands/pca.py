@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from ..segmentation.cli_args import add_model_args, add_resize_arg
+    from .model_args import add_model_args, add_resize_arg
 
     p = subparsers.add_parser(
         "pca", help="PCA (3 components -> RGB) of dense features of one or more models",
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..backbones import dense_features
     from ..runtime import Weights, check_output_file
-    from ..segmentation.cli_args import load_model, model_input, read_image
+    from .model_args import load_model, model_input, read_image
     from ..segmentation.pca import pca_rgb, save_panels
 
     check_output_file(args.output, (".png",))

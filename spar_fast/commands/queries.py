@@ -4,8 +4,8 @@ from __future__ import annotations
 
 def add_parser(subparsers) -> None:
     from ..segmentation.classes import BUILTIN
-    from ..segmentation.cli_args import add_model_args
-    from ..segmentation.text_args import add_class_args, add_tokenizer_arg
+    from .model_args import add_model_args
+    from .text_args import add_class_args, add_tokenizer_arg
 
     p = subparsers.add_parser(
         "queries", help="precompute text queries for segment / eval --queries",
@@ -26,9 +26,9 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..segmentation.classes import BUILTIN
     from ..runtime import check_output_file
-    from ..segmentation.cli_args import load_model
+    from .model_args import load_model
     from ..segmentation.query_file import compute_query_set, save_query_set
-    from ..segmentation.text_args import apply_tokenizer, classes_or_queries
+    from .text_args import apply_tokenizer, classes_or_queries
 
     check_output_file(args.output, (".safetensors",))
     lines = list(BUILTIN[args.dataset]) if args.dataset else classes_or_queries(args)[0]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from ..segmentation.cli_args import (AREA_THD, LOGIT_SCALE, PROB_THD, STRIDE, add_model_args,
+    from .model_args import (AREA_THD, LOGIT_SCALE, PROB_THD, STRIDE, add_model_args,
                                          add_resize_arg)
 
     p = subparsers.add_parser(
@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
                     "of the classes present, and optionally the raw label mask.")
     p.add_argument("image", help="input image file")
     group = p.add_mutually_exclusive_group(required=True)
-    from ..segmentation.text_args import add_class_args, add_queries_arg, add_tokenizer_arg
+    from .text_args import add_class_args, add_queries_arg, add_tokenizer_arg
     add_class_args(group)
     add_queries_arg(group)
     add_model_args(p)
@@ -34,10 +34,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..runtime import check_output_file
-    from ..segmentation.cli_args import load_model, model_input, read_image
+    from .model_args import load_model, model_input, read_image
     from ..segmentation.infer import segment
     from ..segmentation.queries import default_cache_dir
-    from ..segmentation.text_args import apply_tokenizer, classes_or_queries
+    from .text_args import apply_tokenizer, classes_or_queries
     from ..segmentation.render import overlay, save_mask
 
     check_output_file(args.output, (".png", ".jpg", ".jpeg"))

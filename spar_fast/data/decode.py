@@ -183,18 +183,18 @@ def decode_image(path: str | os.PathLike, decode: str = "pil",
     return finish_decode([read_image(path, decode)], device)[0]
 
 
-def training_decode(store_config: dict, requested: str | None, device: torch.device) -> str:
-    """The decode path training uses for a store: the store's own (``requested`` None), or
-    ``requested``, with a warning when it gives other pixels than the store's (``pil`` and
-    ``torchvision`` give the same). Refuses a store path this machine cannot run, naming the way
-    out."""
-    stored = store_config.get("decode", LEGACY_DECODE)
+def training_decode(stored: str, requested: str | None, device: torch.device,
+                    signature: str | None = None) -> str:
+    """The decode path training uses for a store whose targets were computed from ``stored``
+    decodes (``signature``: the decoder version the store records, if any): ``stored``
+    (``requested`` None), or ``requested``, with a warning when it gives other pixels than the
+    store's (``pil`` and ``torchvision`` give the same). Refuses a store path this machine cannot
+    run, naming the way out."""
     if requested is None:
         if not available(stored, device):
             raise UserError(f"the store's targets were computed from images decoded by {stored!r}, "
                             f"which cannot run on {device.type} here; train on a device that has it, "
                             f"or pass decode= another path (the student would then see other pixels)")
-        signature = store_config.get("decode_version")
         if signature and signature != decode_signature(stored):
             warnings.warn(f"store images were decoded with {signature}; this machine has "
                           f"{decode_signature(stored)} (pixels may differ slightly)", stacklevel=2)

@@ -1,7 +1,8 @@
 """Feature store: safetensors shards of teacher targets with JSON indexes and a manifest
 (``layout``), the writer, the reader (every target checked as it is read), the consistency
-check (``spar-fast verify``) and the in-place upgrade of format-1 stores. The extraction job lives in :mod:`spar_fast.teacher.extract`
-(``extract_features`` is re-exported here, imported on first use).
+check (``spar-fast verify``) and the in-place upgrade of format-1 stores. The extraction job that
+fills a store is :func:`spar_fast.jobs.extract_features` (a job, above the stages: the store
+imports no teacher).
 
 Stored precision (``dtype``), measured on the stitched 512x512 output of the real SigLIP2 B/16
 architecture (random init, a real photo; |y| <= 1.9): fp16 max abs error 4.9e-4, relative L2
@@ -13,11 +14,4 @@ from .reader import CorruptStoreError, FeatureStore
 from .records import StoreRecord
 from .verify import verify
 
-__all__ = ["CorruptStoreError", "FeatureStore", "StoreRecord", "extract_features", "verify"]
-
-
-def __getattr__(name: str):
-    if name == "extract_features":  # lazy: the job imports the teacher, which imports nothing of ours
-        from ..teacher.extract import extract_features
-        return extract_features
-    raise AttributeError(f"module 'spar_fast.store' has no attribute {name!r}")
+__all__ = ["CorruptStoreError", "FeatureStore", "StoreRecord", "verify"]

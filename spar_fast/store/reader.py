@@ -10,8 +10,7 @@ from ..data.images import load_image, printable_id
 from ..errors import UserError
 from .codec import StoredTarget, read_stored_target
 from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, target_digest
-from .records import StoreRecord
-from .writer import read_manifest
+from .records import StoreConfig, StoreRecord, read_manifest
 
 _REPAIR = "rerun `spar-fast features` with the store's options to recompute it"
 
@@ -38,7 +37,7 @@ class FeatureStore:
     """A feature store, merged over all ranks and chunks.
 
     ``records``: ok records sorted by their index; ``skipped``: skipped records (with
-    ``reason``); ``config``: ``store.json``; ``missing``: manifest chunks without a complete
+    ``reason``); ``config``: ``store.json`` (a :class:`StoreConfig`); ``missing``: manifest chunks without a complete
     index. Opening refuses (``CorruptStoreError``, one line) a store whose indexes do not hold
     every image its manifest lists, unless ``partial=True`` (then ``records`` holds what is
     there). ``get(image_id) -> (target [h, w, C] stored dtype, record)`` reads lazily through
@@ -50,25 +49,28 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike, partial: bool = False, verify_reads: bool = True):
         self.path = os.fspath(path)
         self.verify_reads = verify_reads
-        self.config = read_json(os.path.join(self.path, CONFIG_NAME))
-        if not isinstance(self.config, dict):
+        raw = read_json(os.path.join(self.path, CONFIG_NAME))
+        if not isinstance(raw, dict):
             raise UserError(f"{self.path}: not a feature store (missing or unreadable {CONFIG_NAME})")
-        if self.config.get("format") != FORMAT:
-            raise UserError(f"{self.path}: feature store format {self.config.get('format')!r}; "
+        if raw.get("format") != FORMAT:
+            raise UserError(f"{self.path}: feature store format {raw.get('format')!r}; "
                             "rerun `spar-fast features` with its options once to upgrade it")
+        try:
+            self.config = StoreConfig.from_dict(raw)
+        except ValueError as exc:
+            raise CorruptStoreError(f"{self.path}: malformed {CONFIG_NAME} ({exc}); {_REPAIR}") from None
         chunks = read_manifest(self.path)
         if chunks is None:
             raise CorruptStoreError(f"{self.path}: unreadable manifest; {_REPAIR}")
         records, skipped, self.missing = [], [], []
         for chunk in chunks:
-            index = read_json(os.path.join(self.path, SHARD_DIR, chunk["name"] + ".json"))
-            ids = [entry[0] for entry in chunk["items"]]
-            if not isinstance(index, dict) or [r.get("image_id") for r in index.get("records", [])] != ids:
-                self.missing.append(chunk["name"])
+            index = read_json(os.path.join(self.path, SHARD_DIR, chunk.name + ".json"))
+            if not isinstance(index, dict) or [r.get("image_id") for r in index.get("records", [])] != chunk.ids:
+                self.missing.append(chunk.name)
                 continue
             for rec in map(StoreRecord.from_dict, index["records"]):
                 (records if rec.ok else skipped).append(rec)
-        wanted = sum(len(c["items"]) for c in chunks)
+        wanted = sum(len(c.items) for c in chunks)
         if not wanted:
             raise CorruptStoreError(f"{self.path}: unfinished store without images yet; rerun "
                                     "`spar-fast features` to fill it")

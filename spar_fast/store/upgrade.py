@@ -16,8 +16,9 @@ from safetensors import safe_open
 
 from ..atomic import atomic_write
 from ..errors import UserError
-from .layout import (CONFIG_NAME, FORMAT, MANIFEST_NAME, SHARD_DIR, chunk_name, file_digest,
-                     json_bytes, read_json, tensor_digest)
+from .layout import (CONFIG_NAME, FORMAT, SHARD_DIR, chunk_name, file_digest, json_bytes, read_json,
+                     tensor_digest)
+from .records import Chunk, ChunkItem, write_manifest
 
 FORMAT_1 = "spar_fast.store/1"
 _V1_ONLY = ("num_images", "images_sha256", "world_size", "pretrained")
@@ -86,9 +87,9 @@ def upgrade_if_format_1(path: str) -> bool:
             if index["format"] == FORMAT_1:
                 index = _upgrade_chunk(shard_dir, name, index)
                 atomic_write(os.path.join(shard_dir, name + ".json"), json_bytes(index))
-            chunks.append({"name": name, "rank": rank,
-                           "items": [[r["image_id"], r["source"], r["index"]] for r in index["records"]]})
-    atomic_write(os.path.join(path, MANIFEST_NAME), json_bytes({"format": FORMAT, "chunks": chunks}))
+            chunks.append(Chunk(name, rank, tuple(ChunkItem(r["image_id"], r["source"], r["index"])
+                                                  for r in index["records"])))
+    write_manifest(path, chunks)
     pretrained = config.get("pretrained")
     weights = "hub" if pretrained is True else (pretrained if isinstance(pretrained, str) else None)
     new = {k: v for k, v in config.items() if k not in _V1_ONLY}

@@ -21,8 +21,7 @@ from .codec import FP8, SCALE_SUFFIX, StoredTarget
 from .layout import (CONFIG_NAME, DTYPES, FORMAT, MANIFEST_NAME, SHARD_DIR, file_digest, read_json,
                      target_digest)
 from .reader import source_changed
-from .records import StoreRecord
-from .writer import read_manifest
+from .records import Chunk, StoreConfig, StoreRecord, read_manifest
 
 EXIT_CODES = {"complete": 0, "corrupt": 1, "not a store": 2, "unfinished": 3, "sources changed": 4}
 
@@ -32,7 +31,7 @@ def _shard_keys(rec: dict) -> tuple[str, ...]:
     return (rec["key"], rec["key"] + SCALE_SUFFIX) if rec.get("dtype") == FP8 else (rec["key"],)
 
 
-def _check_record(rec: dict, name: str, config: dict, handle, errors: list[str]):
+def _check_record(rec: dict, name: str, config: StoreConfig, handle, errors: list[str]):
     where = f"{name} {rec.get('image_id')!r}"
     if rec.get("status") != "ok":
         if rec.get("status") != "skipped" or not rec.get("reason"):
@@ -48,15 +47,15 @@ def _check_record(rec: dict, name: str, config: dict, handle, errors: list[str])
     if list(t.shape) != [h, w, rec["channels"]] or DTYPES.get(rec["dtype"]) != t.dtype:
         errors.append(f"{where}: stored {t.dtype} {list(t.shape)} but the index says "
                       f"{rec['dtype']} {[h, w, rec['channels']]}")
-    if [d // config["patch_size"] for d in rec["image_hw"]] != [h, w]:
-        errors.append(f"{where}: grid {h}x{w} does not match image {rec['image_hw']} / {config['patch_size']}")
+    if [d // config.patch_size for d in rec["image_hw"]] != [h, w]:
+        errors.append(f"{where}: grid {h}x{w} does not match image {rec['image_hw']} / {config.patch_size}")
     if target_digest(StoredTarget(t, scale)) != rec["checksum"]:
         errors.append(f"{where}: tensor checksum mismatch")
 
 
-def _check_chunk(shard_dir: str, chunk: dict, config: dict, report: dict) -> list[dict]:
+def _check_chunk(shard_dir: str, chunk: Chunk, config: StoreConfig, report: dict) -> list[dict]:
     """Check one manifest chunk; returns its records (``[]`` when it is missing or unusable)."""
-    name, errors = chunk["name"], report["errors"]
+    name, errors = chunk.name, report["errors"]
     index_path = os.path.join(shard_dir, name + ".json")
     if not os.path.exists(index_path):
         report["missing_chunks"].append(name)
@@ -66,7 +65,7 @@ def _check_chunk(shard_dir: str, chunk: dict, config: dict, report: dict) -> lis
         errors.append(f"{name}.json: unreadable index")
         return []
     records = index.get("records", [])
-    if [r.get("image_id") for r in records] != [e[0] for e in chunk["items"]]:
+    if [r.get("image_id") for r in records] != chunk.ids:
         errors.append(f"{name}.json: lists other images than the manifest")
         return []
     shard = os.path.join(shard_dir, name + ".safetensors")
@@ -133,8 +132,9 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
                                 "(rerun `spar-fast features` with its options once to upgrade it)")
         return report
     chunks = read_manifest(path)
-    if not isinstance(config, dict) or chunks is None:
-        report["errors"].append(f"{CONFIG_NAME if not isinstance(config, dict) else MANIFEST_NAME}: unreadable")
+    config = StoreConfig.read(path)
+    if config is None or chunks is None:
+        report["errors"].append(f"{CONFIG_NAME if config is None else MANIFEST_NAME}: unreadable")
         report["state"] = "corrupt"
         return report
     if not os.path.exists(os.path.join(path, MANIFEST_NAME)):
@@ -149,7 +149,7 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
             problem = source_changed(rec)
             if problem:
                 report["sources"].append(f"{rec.image_id!r} ({printable_id(rec.source)}): {problem}")
-    known = {c["name"] for c in chunks}
+    known = {c.name for c in chunks}
     for name in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else []:
         report["bytes"] += os.path.getsize(os.path.join(shard_dir, name))
         stem = name.split(".", 1)[0]

@@ -20,6 +20,7 @@ import torch.distributed
 from ..data.decode import training_decode
 from ..errors import UserError
 from ..runtime import Weights, check_output_dir, resolve_precision
+from ..store.records import StoreConfig
 from . import checkpoint as ckpt
 from .config import TrainConfig, make_config
 from .dist import barrier, init_from_env
@@ -75,10 +76,10 @@ def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrid
             torch.distributed.destroy_process_group()
 
 
-def _store_weights(store: str, store_cfg: dict) -> str:
+def _store_weights(store: str, store_cfg: StoreConfig) -> str:
     """The teacher weights a store records, canonical (new ``weights`` strings and the older
     ``pretrained`` True / False / None / path forms)."""
-    recorded = store_cfg["weights"] if "weights" in store_cfg else store_cfg.get("pretrained")
+    recorded = store_cfg.extra.get("pretrained") if store_cfg.weights is None else store_cfg.weights
     try:
         return str(Weights.of(recorded))
     except UserError as exc:
@@ -95,7 +96,7 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
     if precision in ("bf16", "fp16") and device.type == "cpu":
         raise UserError(f"precision {precision} needs a CUDA device; use fp32 on CPU")
     store_cfg = FeatureStore(store, partial=cfg.allow_partial).config
-    cfg = cfg.replace(backbone=cfg.backbone or store_cfg["backbone"], precision=precision,
+    cfg = cfg.replace(backbone=cfg.backbone or store_cfg.backbone, precision=precision,
                       weights=cfg.weights or _store_weights(store, store_cfg))
     os.makedirs(out_dir, exist_ok=True)
     resume_key = cfg.resume_key(world)
@@ -114,7 +115,8 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
                          cfg.skip_nonfinite)
 
     stage = cfg.loader_stage or ("device" if device.type == "cuda" else "cpu")
-    dataset = StoreDataset(store, bb.mean, bb.std, decode=training_decode(store_cfg, cfg.decode, device),
+    dataset = StoreDataset(store, bb.mean, bb.std, decode=training_decode(store_cfg.decode, cfg.decode, device,
+                                                                  store_cfg.decode_version),
                            stage=stage, partial=cfg.allow_partial)
     sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step or None, seed=cfg.seed, world_size=world,
                              accumulate=cfg.accumulate)

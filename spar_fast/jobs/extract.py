@@ -32,12 +32,12 @@ from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
 from ..store.codec import StoredTarget, encode_target, stored_tensors
-from ..store.layout import DTYPES, FORMAT, SHARD_DIR, chunk_done, file_digest, target_digest
-from ..store.records import StoreRecord
+from ..store.layout import DTYPES, SHARD_DIR, chunk_done, file_digest, target_digest
+from ..store.records import Chunk, StoreConfig, StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
+from ..teacher.window_plan import upsample_factor
 from .extract_dist import all_agree, dist_env, gather_summaries, join_group
-from .window_plan import upsample_factor
 
 MAX_UPSAMPLE = 4  # stride rule: stitch cells of at least patch/4 px (canvas <= 16x the target grid)
 
@@ -76,16 +76,14 @@ def check_stride(stride: int, window: int, patch: int) -> None:
                         f"cells; use a multiple of {patch // MAX_UPSAMPLE} (patch {patch})")
 
 
-def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode):
+def _store_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode) -> StoreConfig:
     multiple = math.lcm(MULTIPLE, int(bb.patch_size))
     min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
-    return {"format": FORMAT, "backbone": name, "weights": weights, "stride": stride,
-            "augment": augment, "dtype": dtype, "seed": seed, "shard_size": shard_size,
-            "patch_size": int(bb.patch_size), "window": int(bb.window),
-            "feature_dim": int(bb.feature_dim), "mean": [float(v) for v in bb.mean],
-            "std": [float(v) for v in bb.std], "min_side": min_side, "multiple": multiple,
-            # the decode path, recorded only when it is not the original one (older stores match)
-            **({} if decode == LEGACY_DECODE else {"decode": decode})}
+    return StoreConfig(backbone=name, weights=weights, stride=stride, augment=augment, dtype=dtype,
+                       seed=seed, shard_size=shard_size, patch_size=int(bb.patch_size),
+                       window=int(bb.window), feature_dim=int(bb.feature_dim),
+                       mean=tuple(float(v) for v in bb.mean), std=tuple(float(v) for v in bb.std),
+                       min_side=min_side, multiple=multiple, decode=decode)
 
 
 class _Prepared:
@@ -95,7 +93,7 @@ class _Prepared:
         self.record, self.image = record, image
 
 
-def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | None) -> _Prepared:
+def _prepare(item: ImageItem, position: int, config: StoreConfig, max_pixels: int | None) -> _Prepared:
     """Check, decode, augment and normalize one image; any problem becomes a skipped record."""
     base = dict(image_id=item.id, index=position, source=item.path)
     try:
@@ -104,10 +102,10 @@ def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | Non
                       source_checksum=file_digest(item.path))
         H, W = read_image_size(item.path)
         check_image_size((H, W), max_pixels, what="source image")
-        params = sample_augment(H, W, image_seed(config["seed"], item.id), config["augment"],
-                                min_side=config["min_side"], multiple=config["multiple"])
+        params = sample_augment(H, W, image_seed(config.seed, item.id), config.augment,
+                                min_side=config.min_side, multiple=config.multiple)
         check_image_size(params.final_hw, max_pixels, what="augmented image")
-        decode = config.get("decode", LEGACY_DECODE)
+        decode = config.decode
         if decode == LEGACY_DECODE:
             img = load_image(item.path, max_pixels=max_pixels)
         else:  # the same path training decodes with (spar_fast/data/decode.py)
@@ -117,7 +115,7 @@ def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | Non
         if isinstance(exc, OSError):
             reason = f"unreadable file ({exc.strerror})"
         return _Prepared(StoreRecord(status="skipped", reason=reason, **base))
-    x = normalize(apply_augment(img, params), config["mean"], config["std"])
+    x = normalize(apply_augment(img, params), config.mean, config.std)
     rec = StoreRecord(status="ok", augment=params, image_hw=params.final_hw, **source, **base)
     return _Prepared(rec, x)
 
@@ -134,34 +132,34 @@ def _prefetch(fn, args_list, workers: int):
             yield fut.result()
 
 
-def _target(teacher_fn, prepared: _Prepared, config: dict, device) -> StoredTarget:
+def _target(teacher_fn, prepared: _Prepared, config: StoreConfig, device) -> StoredTarget:
     """Teacher output for one prepared image, checked, encoded in the stored dtype on the CPU."""
     x = prepared.image.to(device, non_blocking=True)
     out = teacher_fn(x)
     H, W = prepared.record.image_hw
-    P = config["patch_size"]
-    want = (H // P, W // P, config["feature_dim"])
+    P = config.patch_size
+    want = (H // P, W // P, config.feature_dim)
     if tuple(out.shape) != want:
         raise RuntimeError(f"teacher returned {tuple(out.shape)} for {prepared.record.image_id!r}, "
                            f"expected {want}")
-    stored = encode_target(out.detach().cpu(), config["dtype"])
+    stored = encode_target(out.detach().cpu(), config.dtype)
     if not torch.isfinite(stored.data.float()).all():
         hint = " (exceeds the fp16 range; use --dtype bf16 or fp32)" if torch.isfinite(out).all() else ""
         raise UserError(f"non-finite teacher features for {prepared.record.image_id!r}{hint}")
     return stored
 
 
-def _compute_chunk(chunk: dict, config, teacher_fn, device, workers, max_pixels, bar):
+def _compute_chunk(chunk: Chunk, config: StoreConfig, teacher_fn, device, workers, max_pixels, bar):
     """Records and ``{key: target}`` of one manifest chunk."""
     records, tensors = [], {}
-    shard = chunk["name"] + ".safetensors"
-    args = [(ImageItem(i, path), pos, config, max_pixels) for i, path, pos in chunk["items"]]
+    shard = chunk.name + ".safetensors"
+    args = [(ImageItem(i, path), pos, config, max_pixels) for i, path, pos in chunk.items]
     for prepared in _prefetch(_prepare, args, workers):
         rec = prepared.record
         if rec.ok:
             stored = _target(teacher_fn, prepared, config, device)
             rec = replace(rec, grid_hw=tuple(stored.data.shape[:2]), channels=int(stored.data.shape[2]),
-                          dtype=config["dtype"], shard=shard, key=rec.image_id, checksum=target_digest(stored))
+                          dtype=config.dtype, shard=shard, key=rec.image_id, checksum=target_digest(stored))
             tensors.update(stored_tensors(rec.key, stored))
         records.append(rec)
         if bar is not None:
@@ -233,11 +231,11 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
     bb, name, recorded_weights = _backbone(backbone, _weights(weights, pretrained), device)
     check_stride(stride, int(bb.window), int(bb.patch_size))
     if teacher_fn is None:
-        from . import teacher_features
+        from ..teacher import teacher_features
 
         def teacher_fn(x):
             return teacher_features(bb, x, stride=stride)
-    config = _run_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
+    config = _store_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
                          seed=seed, shard_size=shard_size, decode=decode)
     store_path = os.fspath(store_path)
     created = join_group(world)
@@ -246,7 +244,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
             _lock_store(stack, store_path, rank, world)
             shard_dir = open_store(store_path, config)
             chunks = plan_chunks(store_path, items, shard_size, world, write=rank == 0)
-            mine = [c for c in chunks if c["rank"] % world == rank]
+            mine = [c for c in chunks if c.rank % world == rank]
             counts = _run_chunks(mine, shard_dir, config, teacher_fn, device,
                                  workers or _default_workers(), max_pixels, progress and rank == 0)
             parts = gather_summaries(counts, world)
@@ -281,9 +279,9 @@ def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -
 
 def _run_chunks(chunks, shard_dir, config, teacher_fn, device, workers, max_pixels, progress) -> dict:
     """Compute every chunk of ``chunks`` that is not done; this process's counts."""
-    done = {c["name"]: chunk_done(shard_dir, c["name"], [e[0] for e in c["items"]]) for c in chunks}
-    total = sum(len(c["items"]) for c in chunks)
-    resumed = sum(len(c["items"]) for c in chunks if done[c["name"]] is not None)
+    done = {c.name: chunk_done(shard_dir, c.name, c.ids) for c in chunks}
+    total = sum(len(c.items) for c in chunks)
+    resumed = sum(len(c.items) for c in chunks if done[c.name] is not None)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -292,13 +290,13 @@ def _run_chunks(chunks, shard_dir, config, teacher_fn, device, workers, max_pixe
     skipped = []
     with torch.inference_mode():
         for chunk in chunks:
-            index = done[chunk["name"]]
+            index = done[chunk.name]
             if index is not None:
                 records = [StoreRecord.from_dict(r) for r in index["records"]]
             else:
                 records, tensors = _compute_chunk(chunk, config, teacher_fn, device, workers,
                                                   max_pixels, bar)
-                write_chunk(shard_dir, chunk["name"], records, tensors)
+                write_chunk(shard_dir, chunk.name, records, tensors)
                 computed += len(tensors)
             ok += sum(r.ok for r in records)
             skipped += [(r.index, r.image_id, r.reason) for r in records if not r.ok]

@@ -35,8 +35,8 @@ def apply_tokenizer(bb, args) -> None:
 
 def classes_or_queries(args):
     """``(class lines, QuerySet or None)`` from ``--classes``, ``--class-file`` or ``--queries``."""
-    from .queries import parse_classes, read_class_file
-    from .query_file import load_query_set
+    from ..segmentation.queries import parse_classes, read_class_file
+    from ..segmentation.query_file import load_query_set
 
     if getattr(args, "queries", None) is not None:
         queries = load_query_set(args.queries)

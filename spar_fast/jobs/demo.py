@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 HELDOUT_PHOTOS = ("chelsea", "coins")
@@ -83,7 +83,7 @@ def _timed(fn):
 
 
 def _load_backbone(name: str, weights):
-    from .backbones import Backbone
+    from ..backbones import Backbone
 
     return Backbone.from_pretrained(name, weights=weights).eval()
 
@@ -126,10 +126,10 @@ def choose_weights(settings: DemoSettings, tiny: bool, say) -> str:
 def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[dict], list]:
     """Per held-out image: cosine(student, teacher) before/after and timings; PCA panels
     (image, teacher, student before, student after; basis fit on the teacher)."""
-    from .data import load_image as decode
-    from .segmentation.pca import pca_rgb
-    from .segmentation.preprocess import load_image
-    from .teacher import teacher_features
+    from ..data import load_image as decode
+    from ..segmentation.pca import pca_rgb
+    from ..segmentation.preprocess import load_image
+    from ..teacher import teacher_features
 
     rows, panels = [], []
     for path in paths:
@@ -150,8 +150,8 @@ def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[di
 def fit_on_training_images(before, after, store_path: str, device) -> tuple[float, float]:
     """Mean cosine(student, stored teacher target) over the training images, before/after: how
     well distillation fit its own targets (the held-out numbers say how well that transfers)."""
-    from .data import normalize
-    from .store import FeatureStore
+    from ..data import normalize
+    from ..store import FeatureStore
 
     store = FeatureStore(store_path)
     cos = []
@@ -166,7 +166,7 @@ def fit_on_training_images(before, after, store_path: str, device) -> tuple[floa
 
 def save_figure(panels, rows, path: str) -> None:
     """One titled row per held-out image: image | teacher | student before | student after."""
-    from .segmentation.pca import save_panels
+    from ..segmentation.pca import save_panels
 
     titles = [[row["image"], "teacher (sliding window)", f"student before, cos {row['cos_before']:.3f}",
                f"student after, cos {row['cos_after']:.3f}"] for row in rows]
@@ -175,7 +175,7 @@ def save_figure(panels, rows, path: str) -> None:
 
 def _finished_report(out_dir: str, settings: DemoSettings, weights: str, student: str) -> dict | None:
     """The report of an earlier run of the same settings whose student is the same file, or None."""
-    from .runtime import Weights
+    from ..runtime import Weights
 
     try:
         with open(os.path.join(out_dir, REPORT)) as f:
@@ -195,10 +195,10 @@ def run_demo(out_dir: str = "runs/demo", tiny: bool = False, device=None, progre
     A rerun reuses every finished stage: the store and the training run resume (finished: no
     work), and the held-out evaluation is reused when ``report.json`` belongs to the same
     settings and the same student weights file."""
-    from .backbones.weights import load_weights
-    from .runtime import Weights, resolve_device
-    from .store import extract_features
-    from .train import train
+    from ..backbones.weights import load_weights
+    from ..runtime import Weights, resolve_device
+    from .extract import extract_features
+    from ..train import train
 
     settings = SETTINGS["tiny" if tiny else "real"]
     device = resolve_device(device)

@@ -1,4 +1,4 @@
-"""Options and input handling shared by the segment / embed / pca / eval commands."""
+"""Model and image options shared by the segment / embed / pca / eval / queries commands."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,8 @@ import os
 
 from ..errors import UserError
 from ..options import arg_type, at_least, finite, finite_above, in_range
-from .preprocess import TEST_SCALE
+from ..segmentation.preprocess import TEST_SCALE
+from .args import add_backbone, add_device, add_weights
 
 # argparse types for the inference options (checked at the edge: one line, exit 2)
 STRIDE = arg_type(int, at_least(1))
@@ -18,8 +19,6 @@ AREA_THD = arg_type(float, finite_above(0.0, inclusive=True))
 
 def add_model_args(parser: argparse.ArgumentParser, multi_weights: bool = False) -> None:
     """``--backbone``, ``--weights`` (repeatable with ``multi_weights``) and ``--device``."""
-    from ..commands.args import add_backbone, add_device, add_weights
-
     add_backbone(parser, "siglip2-b16-512")
     add_weights(parser, None if multi_weights else "hub", "hub", repeatable=multi_weights)
     add_device(parser)
@@ -53,5 +52,5 @@ def read_image(path: str):
 
 def model_input(image, bb, no_resize: bool):
     """Normalized ``[3, H', W']`` on the backbone's device (test resize unless ``no_resize``)."""
-    from .preprocess import load_image
+    from ..segmentation.preprocess import load_image
     return load_image(image, bb, resize=None if no_resize else "test")

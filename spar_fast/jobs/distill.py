@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 
 from ..runtime import Weights, check_output_dir
-from .config import TrainConfig, make_config
-from .trainer import train
+from ..train.config import TrainConfig, make_config
+from ..train.trainer import train
+from .extract import extract_features
 
 
 def distill(images, out_dir: str, backbone: str = "siglip2-b16-512", weights="hub", *, stride: int = 24,
@@ -22,8 +23,6 @@ def distill(images, out_dir: str, backbone: str = "siglip2-b16-512", weights="hu
     :class:`TrainConfig`, default the reference recipe) with keyword ``overrides`` (its field
     names, e.g. ``epochs=2``) and writes ``out_dir/{final.safetensors, trainer_state.pt,
     metrics.jsonl, loss.png}``, resuming from ``trainer_state.pt`` unless ``resume=False``."""
-    from ..store import extract_features
-
     if "pretrained" in overrides:
         weights = Weights.from_pretrained_arg(overrides.pop("pretrained"))
     cfg = make_config(config, **overrides).replace(backbone=backbone, weights=str(Weights.of(weights)))
