@@ -37,7 +37,7 @@ def test_segment(benchmark, backbone, device, variant):
     if variant == "slide" and not ON_GPU and not QUICK:
         pytest.skip("sliding window at full CPU size takes minutes")
     image = torch.randn(3, *SIZE, device=device)
-    kwargs = {"reference": dict(amp="fp32", fused=False), "fast": {},
+    kwargs = {"reference": dict(precision="fp32", fused=False), "fast": {},
               "slide": dict(mode="slide", stride=24)}[variant]
 
     def run():

@@ -3,7 +3,8 @@
 * :func:`resolve_device` — one rule for device strings (``None``/``"auto"``, ``cpu``, ``cuda``,
   ``cuda:N``; under torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``).
 * :func:`resolve_precision` / :func:`autocast` — precision names ``auto | fp32 | bf16 | fp16``
-  (``auto``: bf16 on CUDA, fp32 on CPU) and the matching autocast context.
+  (``auto``: bf16 on CUDA, fp32 on CPU) and the matching autocast context; ``precision=`` is the
+  one keyword for it (:func:`precision_or_amp` maps the older ``amp=`` of public calls).
 * :class:`Weights` — the one spelling of "which weights": ``hub`` (the published weights),
   ``random[:SEED]`` (a seeded random init, reproducible in every process) or a file path.
 * :func:`check_output_dir` / :func:`check_output_file` — output locations checked before any work
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +62,16 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return name
+
+
+def precision_or_amp(precision: str | None, amp: str | None, where: str) -> str | None:
+    """``precision``, or the older ``amp=`` spelling of it (a one-line ``DeprecationWarning``)."""
+    if amp is None:
+        return precision
+    if precision is not None:
+        raise UserError(f"{where}: pass precision= (the older amp= is the same option), not both")
+    warnings.warn(f"{where}(amp=...) is deprecated; use precision=", DeprecationWarning, stacklevel=3)
+    return amp
 
 
 def autocast(device, precision: str | None = "auto"):

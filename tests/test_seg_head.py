@@ -9,7 +9,7 @@ from backends import backend_params
 from labelmaps import assert_labels_match, class_scores
 from spar_fast import _backend
 from spar_fast.errors import UserError
-from spar_fast.ops.seg_head import seg_head, seg_head_reference
+from spar_fast.ops.seg_head import HeadSettings, seg_head, seg_head_reference
 
 # Near-tie width in scaled-logit units. The fused paths compare z = scale * up where the reference
 # compares softmax outputs, and the reference runs ATen's channels-first kernel, whose taps may
@@ -40,7 +40,7 @@ def _smooth_logits(h, w, Q, dtype=torch.float32, class_shift=None, q2c=None):
 
 def _assert_match(out, logits, q2c, out_hw, scale=40.0, bias=0.0, prob_thd=0.0, area_thd=None):
     """``out`` equals the reference except at near-ties (tests/labelmaps.py)."""
-    ref = seg_head_reference(logits, q2c, out_hw, scale, bias, prob_thd, area_thd)
+    ref = seg_head_reference(logits, q2c, out_hw, HeadSettings(scale, bias, prob_thd, area_thd))
     assert_labels_match(out, ref, logits, q2c, out_hw, eps=TIE_EPS, logit_scale=scale, logit_bias=bias,
                         prob_thd=prob_thd, area_thd=area_thd)
 
@@ -68,7 +68,7 @@ def test_reference_matches_spar_postprocess(prob_thd, area_thd):
     q2c = torch.cat([torch.arange(K), torch.randint(0, K, (Q - K,))])
     shift = torch.tensor([0.0, 0.0, -0.3, 0.1])  # class 2 small, so area_thd removes it
     logits = _smooth_logits(6, 9, Q, class_shift=shift, q2c=q2c)
-    got = seg_head_reference(logits, q2c, (17, 23), 40.0, 0.0, prob_thd, area_thd)
+    got = seg_head_reference(logits, q2c, (17, 23), HeadSettings(40.0, 0.0, prob_thd, area_thd))
     assert torch.equal(got, _spar_literal(logits, q2c, (17, 23), 40.0, prob_thd, area_thd))
 
 

@@ -8,10 +8,13 @@ images of mixed sizes go through one packed forward.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from ..errors import UserError
+from ..ops.seg_head import HeadSettings
+from ..runtime import precision_or_amp
 from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
 from ..segmentation.queries import parse_classes
@@ -19,15 +22,15 @@ from ..segmentation.query_file import as_query_set
 from .datasets import get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 
-# SPEC §5.4: (logit_scale, prob_thd, area_thd) per backbone family and dataset.
-DEFAULT_SETTINGS = (40.0, 0.0, None)
+# SPEC §5.4: head settings per backbone family and dataset (bias 0 everywhere).
+DEFAULT_SETTINGS = HeadSettings(logit_scale=40.0, prob_thd=0.0, area_thd=None)
 SETTINGS = {
-    ("siglip2", "voc21"): (65.0, 0.0, None),
-    ("siglip2", "context60"): (50.0, 0.1, None),
-    ("openclip", "voc21"): (65.0, 0.1, 0.1),
-    ("openclip", "context60"): (50.0, 0.1, None),
-    ("dinov3txt", "voc21"): (65.0, 0.0, None),  # SPAR configs/dinov3txt/cfg_*.py: as SigLIP2
-    ("dinov3txt", "context60"): (50.0, 0.1, None),
+    ("siglip2", "voc21"): HeadSettings(logit_scale=65.0),
+    ("siglip2", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
+    ("openclip", "voc21"): HeadSettings(logit_scale=65.0, prob_thd=0.1, area_thd=0.1),
+    ("openclip", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
+    ("dinov3txt", "voc21"): HeadSettings(logit_scale=65.0),  # SPAR configs/dinov3txt/cfg_*.py: as SigLIP2
+    ("dinov3txt", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
 }
 
 # Datasets whose label 0 is the background, described by a line of stuff names.
@@ -37,9 +40,39 @@ BACKGROUND_FIRST = ("voc21", "context60")
 _PREFETCH = 4
 
 
-def default_settings(family: str, dataset: str) -> dict:
-    scale, prob, area = SETTINGS.get((family, dataset), DEFAULT_SETTINGS)
-    return {"logit_scale": scale, "prob_thd": prob, "area_thd": area}
+def default_settings(family: str, dataset: str) -> HeadSettings:
+    """The SPEC §5.4 head settings of a backbone family on a dataset."""
+    return SETTINGS.get((family, dataset), DEFAULT_SETTINGS)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation runs (not what it scores): ``mode`` "single" or "slide" (sliding window
+    at ``stride``); ``limit``: only the first images; ``batch_size``: images per packed forward
+    (single mode); ``precision`` (:func:`spar_fast.runtime.autocast`); ``device`` (default the
+    model's); ``workers``: decoding threads; ``cache_dir``: text-query cache;
+    ``tokenizer``: a local tokenizer path; ``progress``: a progress bar."""
+    mode: str = "single"
+    limit: int | None = None
+    batch_size: int = 1
+    stride: int = 24
+    precision: str | None = None
+    device: str | torch.device | None = None
+    workers: int = 2
+    cache_dir: str | None = None
+    tokenizer: str | None = None
+    progress: bool = False
+
+    def check(self) -> None:
+        if self.mode not in ("single", "slide"):
+            raise UserError(f"mode must be 'single' or 'slide', got {self.mode!r}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be >= 1, got {self.limit}")
+
+
+_OPTION_FIELDS = {f.name for f in fields(EvalOptions)}
 
 
 def _prefetched(samples, reduce_zero_label: bool, workers: int):
@@ -65,23 +98,48 @@ def _batches(items, size: int):
         yield batch
 
 
+def _options(options: EvalOptions | None, overrides: dict) -> EvalOptions:
+    """``options`` with keyword overrides (the older ``amp=`` is ``precision=``), checked."""
+    amp = overrides.pop("amp", None)
+    unknown = sorted(set(overrides) - _OPTION_FIELDS)
+    if unknown:
+        raise TypeError(f"evaluate() got unexpected keyword argument(s): {', '.join(unknown)}")
+    options = replace(options or EvalOptions(), **overrides)
+    options = replace(options, precision=precision_or_amp(options.precision, amp, "evaluate"))
+    options.check()
+    return options
+
+
+def _class_lines(bb, spec, classes, queries):
+    """``(class lines, QuerySet or None)``: the query file's lines, ``classes``, or the built-in
+    list, checked against the dataset's class count."""
+    if queries is not None:
+        queries = as_query_set(queries, bb, classes)
+        lines = list(queries.lines)
+    else:
+        lines = parse_classes(classes) if classes is not None else list(spec.classes)
+    if len(lines) != spec.num_classes:
+        raise UserError(f"{spec.name} has {spec.num_classes} classes but {len(lines)} class lines were given")
+    return lines, queries
+
+
 @torch.no_grad()
-def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = None,
-             logit_scale: float | None = None, prob_thd: float | None = None,
-             area_thd: float | None = None, classes=None, batch_size: int = 1, stride: int = 24,
-             amp="auto", device=None, progress: bool = False, workers: int = 2,
-             cache_dir=None, queries=None, tokenizer=None) -> dict:
+def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, classes=None,
+             queries=None, logit_scale: float | None = None, prob_thd: float | None = None,
+             area_thd: float | None = None, **option_overrides) -> dict:
     """mIoU of backbone ``bb`` on the validation split of ``dataset`` under ``root``.
 
     Args:
         dataset: voc21, voc20, context60, context59, cityscapes or ade20k.
-        mode: "single" or "slide" (sliding window at ``stride``).
-        limit: evaluate only the first ``limit`` images.
-        logit_scale, prob_thd, area_thd: override the SPEC §5.4 defaults of the backbone family.
+        options: an :class:`EvalOptions`; its fields may also be given as keywords (``mode=``,
+            ``limit=``, ``batch_size=``, ``stride=``, ``precision=``, ``device=``, ``workers=``,
+            ``cache_dir=``, ``tokenizer=``, ``progress=``; ``amp=`` is the deprecated spelling
+            of ``precision=``).
         classes: class lines replacing the built-in list (same count as the dataset's classes).
-        batch_size: images per packed forward (single mode).
         queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) replacing the
-            class text: no tokenizer, no text tower. ``tokenizer``: a local tokenizer path.
+            class text: no tokenizer, no text tower.
+        logit_scale, prob_thd, area_thd: override the SPEC §5.4 head settings of the backbone
+            family (:func:`default_settings`).
     Returns:
         A dict; every score is a PERCENTAGE (0-100), the unit the CLI prints:
         ``mIoU`` (MMSeg: mean over classes with a non-empty union), ``mIoU_torchmetrics``
@@ -92,49 +150,36 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
-    if mode not in ("single", "slide"):
-        raise UserError(f"mode must be 'single' or 'slide', got {mode!r}")
-    if batch_size < 1:
-        raise UserError(f"batch size must be >= 1, got {batch_size}")
-    if queries is not None:
-        queries = as_query_set(queries, bb, classes)
-        lines = list(queries.lines)
-    else:
-        lines = parse_classes(classes) if classes is not None else list(spec.classes)
-    if len(lines) != spec.num_classes:
-        raise UserError(f"{dataset} has {spec.num_classes} classes but {len(lines)} class lines were given")
-    settings = default_settings(getattr(bb, "family", ""), dataset)
-    for key, value in (("logit_scale", logit_scale), ("prob_thd", prob_thd), ("area_thd", area_thd)):
-        if value is not None:
-            settings[key] = value
-    samples = list_samples(dataset, root)
-    if limit is not None:
-        if limit < 1:
-            raise UserError(f"limit must be >= 1, got {limit}")
-        samples = samples[:limit]
-    if device is None:
-        device = next(iter(bb.parameters())).device
-    device = torch.device(device)
+    options = _options(options, option_overrides)
+    lines, queries = _class_lines(bb, spec, classes, queries)
+    head = default_settings(getattr(bb, "family", ""), dataset).with_overrides(
+        logit_scale=logit_scale, prob_thd=prob_thd, area_thd=area_thd)
+    samples = list_samples(dataset, root)[:options.limit]
+    device = torch.device(options.device if options.device is not None else next(iter(bb.parameters())).device)
     confmat = ConfusionMatrix(spec.num_classes, device=device)
-    stream = _prefetched(samples, spec.reduce_zero_label, workers)
-    if progress:
+    stream = _prefetched(samples, spec.reduce_zero_label, options.workers)
+    if options.progress:
         from tqdm.auto import tqdm
-        stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({mode})", unit="img")
-    for batch in _batches(stream, batch_size if mode == "single" else 1):
+        stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({options.mode})", unit="img")
+    for batch in _batches(stream, options.batch_size if options.mode == "single" else 1):
         images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
-        sizes = [lab.shape for _, _, lab in batch]
-        if mode == "slide":
-            preds = [segment(bb, images[0], lines, mode="slide", out_hw=sizes[0], stride=stride,
-                             amp=amp, cache_dir=cache_dir, queries=queries, tokenizer=tokenizer,
-                             **settings)]
-        else:
-            preds = segment_batch(bb, images, lines, out_hws=sizes, amp=amp, cache_dir=cache_dir,
-                                  queries=queries, tokenizer=tokenizer, **settings)
-        for pred, (_, _, label) in zip(preds, batch):
-            confmat.update(pred, torch.from_numpy(label).to(device))
-    return as_percent(confmat.compute(), {"dataset": dataset, "mode": mode, "num_images": len(samples),
-                                          "settings": settings, "classes": lines},
+        labels = [torch.from_numpy(label).to(device) for _, _, label in batch]
+        for pred, label in zip(_predict(bb, images, labels, lines, head, options, queries), labels):
+            confmat.update(pred, label)
+    return as_percent(confmat.compute(), {"dataset": dataset, "mode": options.mode,
+                                          "num_images": len(samples), "settings": head.summary(),
+                                          "classes": lines},
                       class_names(dataset, lines))
+
+
+def _predict(bb, images, labels, lines, head: HeadSettings, options: EvalOptions, queries) -> list:
+    """Label maps of a batch of prepared images, each at its label's size."""
+    text = dict(precision=options.precision, cache_dir=options.cache_dir, queries=queries,
+                tokenizer=options.tokenizer)
+    if options.mode == "slide":
+        return [segment(bb, images[0], lines, mode="slide", out_hw=labels[0].shape,
+                        stride=options.stride, head=head, **text)]
+    return segment_batch(bb, images, lines, out_hws=[lab.shape for lab in labels], head=head, **text)
 
 
 def class_names(dataset: str, lines: list[str]) -> list[str]:

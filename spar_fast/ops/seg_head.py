@@ -27,20 +27,65 @@ probabilities, and they sum ``exp`` in a different order.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields, replace
+
 import torch
 import torch.nn.functional as F
 
 from .. import _backend
-from .triton_kernels import triton_kernels
 from ..errors import UserError
 from .bilinear import bilinear_taps
+from .triton_kernels import triton_kernels
 
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 SEG_HEAD = _backend.op("seg_head", cpu=("cpp",), cuda=("triton",))
 
 
-def _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd) -> tuple[int, int]:
+@dataclass(frozen=True)
+class HeadSettings:
+    """The head's four settings (SPEC §5 step 3): ``logits * logit_scale + logit_bias``, softmax
+    over queries, the optional ``area_thd`` filter, then pixels whose best probability is below
+    ``prob_thd`` become class 0. One record from ``segment`` / ``evaluate`` down to the kernel
+    call; the defaults are SPEC §5.4's (scale 40, bias 0 as in the reference, no thresholds)."""
+    logit_scale: float = 40.0
+    logit_bias: float = 0.0
+    prob_thd: float = 0.0
+    area_thd: float | None = None
+
+    def with_overrides(self, **values) -> "HeadSettings":
+        """A copy with the given fields replaced, ``None`` values ignored (an option not set).
+        ``area_thd`` cannot be switched off this way; build a new record for that."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def summary(self) -> dict:
+        """``{logit_scale, prob_thd, area_thd}``: the settings an evaluation reports."""
+        return {"logit_scale": self.logit_scale, "prob_thd": self.prob_thd, "area_thd": self.area_thd}
+
+    def check(self) -> None:
+        """One-line ``UserError`` for a non-finite number or a negative ``area_thd``."""
+        for name in ("logit_scale", "logit_bias", "prob_thd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                raise UserError(f"seg_head {name} must be a finite number, got {value!r}")
+        area_thd = self.area_thd
+        if area_thd is not None and (not isinstance(area_thd, (int, float)) or not area_thd >= 0):
+            raise UserError(f"seg_head area_thd must be None or a number >= 0, got {area_thd!r}")
+
+
+HEAD_FIELDS = tuple(f.name for f in fields(HeadSettings))
+
+
+def head_settings(head: HeadSettings | None = None, **values) -> HeadSettings:
+    """``head`` (default :class:`HeadSettings`) with keyword fields (``logit_scale=...``)
+    replacing its values; the keyword form of the public calls."""
+    unknown = sorted(set(values) - set(HEAD_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown head setting(s): {', '.join(unknown)}")
+    return replace(head or HeadSettings(), **values)
+
+
+def _check(logits, query_to_class, out_hw, head: HeadSettings) -> tuple[int, int]:
     """Validate the arguments (one-line ``UserError`` each); returns ``(H, W)``."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise UserError(f"seg_head logits must be a [h, w, Q] tensor, got "
@@ -65,29 +110,28 @@ def _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, ar
         raise UserError(f"seg_head out_hw must be (H, W), got {out_hw!r}") from None
     if H < 1 or W < 1 or H * W >= 2 ** 31:
         raise UserError(f"seg_head out_hw must be positive with H*W < 2**31, got {(H, W)}")
-    for name, value in (("logit_scale", logit_scale), ("logit_bias", logit_bias), ("prob_thd", prob_thd)):
-        if not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-            raise UserError(f"seg_head {name} must be a finite number, got {value!r}")
-    if area_thd is not None and (not isinstance(area_thd, (int, float)) or not area_thd >= 0):
-        raise UserError(f"seg_head area_thd must be None or a number >= 0, got {area_thd!r}")
+    head.check()
     if not bool(torch.isfinite(logits).all()):
         raise UserError("seg_head logits contain NaN or infinity")
     return H, W
 
 
 def seg_head_reference(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[int, int],
-                       logit_scale: float = 40.0, logit_bias: float = 0.0, prob_thd: float = 0.0,
-                       area_thd: float | None = None) -> torch.Tensor:
+                       head: HeadSettings | None = None, **settings) -> torch.Tensor:
     """The reference postprocess, unfused: ``[h, w, Q]`` logits -> LongTensor ``[H, W]``.
 
-    Materializes ``[Q, H, W]`` and ``[K, H, W]`` fp32 (K = number of classes).
+    ``head``: a :class:`HeadSettings` (default SPEC §5.4's), its fields also accepted as keywords
+    (``logit_scale=``, ``logit_bias=``, ``prob_thd=``, ``area_thd=``). Materializes
+    ``[Q, H, W]`` and ``[K, H, W]`` fp32 (K = number of classes).
     """
-    H, W = _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
-    return _reference(logits, query_to_class, (H, W), logit_scale, logit_bias, prob_thd, area_thd)
+    head = head_settings(head, **settings)
+    H, W = _check(logits, query_to_class, out_hw, head)
+    return _reference(logits, query_to_class, (H, W), head)
 
 
-def _reference(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd) -> torch.Tensor:
+def _reference(logits, query_to_class, out_hw, head: HeadSettings) -> torch.Tensor:
     H, W = out_hw
+    logit_scale, logit_bias, prob_thd, area_thd = head.logit_scale, head.logit_bias, head.prob_thd, head.area_thd
     q2c = query_to_class.to(logits.device, torch.int64)
     K = int(q2c.max()) + 1
     x = logits.float().permute(2, 0, 1).unsqueeze(0).contiguous()  # [1, Q, h, w]
@@ -106,15 +150,16 @@ def _reference(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd
 
 
 @SEG_HEAD.register("torch", available=_backend.anywhere)
-def _seg_head_torch(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd):
-    return _reference(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
+def _seg_head_torch(logits, query_to_class, out_hw, head: HeadSettings):
+    return _reference(logits, query_to_class, out_hw, head)
 
 
 def _fused(fused_pass):
     """The fused algorithm around one kernel ``fused_pass(x, qcls, qallowed, *taps, scale, bias,
     prob_thd) -> [H, W]``: sort queries by class, one pass, or two with the area filter."""
-    def run(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd):
+    def run(logits, query_to_class, out_hw, head: HeadSettings):
         (H, W), Q, device = out_hw, logits.shape[2], logits.device
+        prob_thd, area_thd = head.prob_thd, head.area_thd
         qcls = query_to_class.to(device, torch.int64).contiguous()
         x = logits.contiguous()  # [h, w, Q]
         if Q > 1 and not bool((qcls[1:] >= qcls[:-1]).all()):  # sort queries by class, stably
@@ -123,7 +168,8 @@ def _fused(fused_pass):
         taps = (*bilinear_taps(logits.shape[0], H, device), *bilinear_taps(logits.shape[1], W, device))
 
         def one_pass(allowed, thd):
-            return fused_pass(x, qcls, allowed, *taps, float(logit_scale), float(logit_bias), float(thd))
+            return fused_pass(x, qcls, allowed, *taps, float(head.logit_scale), float(head.logit_bias),
+                              float(thd))
         if area_thd is None:
             return one_pass(None, prob_thd)
         raw = one_pass(None, 0.0)  # argmax only
@@ -146,11 +192,11 @@ SEG_HEAD.register("triton", available=_backend.triton_device)(
 
 
 def seg_head(logits: torch.Tensor, query_to_class: torch.Tensor, out_hw: tuple[int, int],
-             logit_scale: float = 40.0, logit_bias: float = 0.0, prob_thd: float = 0.0,
-             area_thd: float | None = None) -> torch.Tensor:
+             head: HeadSettings | None = None, **settings) -> torch.Tensor:
     """Label map LongTensor ``[H, W]`` of ``logits [h, w, Q]`` (fp32 / fp16 / bf16) with classes
-    ``query_to_class [Q]``, at ``out_hw = (H, W)``; same result as :func:`seg_head_reference`
-    (up to near-ties) without the ``[Q, H, W]`` intermediate."""
-    H, W = _check(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd)
-    return SEG_HEAD.run(logits.device, logits, query_to_class, (H, W), logit_scale, logit_bias,
-                        prob_thd, area_thd)
+    ``query_to_class [Q]``, at ``out_hw = (H, W)``, under ``head`` (fields also as keywords, as
+    in :func:`seg_head_reference`); same result as the reference (up to near-ties) without the
+    ``[Q, H, W]`` intermediate."""
+    head = head_settings(head, **settings)
+    H, W = _check(logits, query_to_class, out_hw, head)
+    return SEG_HEAD.run(logits.device, logits, query_to_class, (H, W), head)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..runtime import autocast
+from ..ops.seg_head import HeadSettings, head_settings, seg_head, seg_head_reference
+from ..runtime import autocast, precision_or_amp
 from ..teacher.features import check_image
 from ..teacher.window_plan import window_origins
 from .query_file import resolve_queries
@@ -33,20 +34,17 @@ def cosine_logits(feats: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
     return feats @ queries.t()
 
 
-def postprocess(logits, query_to_class, out_hw, logit_scale, logit_bias, prob_thd, area_thd,
-                fused: bool = True) -> torch.Tensor:
+def postprocess(logits, query_to_class, out_hw, head: HeadSettings, fused: bool = True) -> torch.Tensor:
     """SPEC §5 step 3 on ``logits [h, w, Q]`` -> LongTensor ``out_hw``; ``fused`` picks the op."""
-    from ..ops.seg_head import seg_head, seg_head_reference
     fn = seg_head if fused else seg_head_reference
-    return fn(logits, query_to_class, tuple(out_hw), logit_scale=float(logit_scale),
-              logit_bias=float(logit_bias), prob_thd=float(prob_thd), area_thd=area_thd)
+    return fn(logits, query_to_class, tuple(out_hw), head)
 
 
 @torch.no_grad()
-def single_logits(bb, images: list[torch.Tensor], queries: torch.Tensor, amp="auto") -> list:
+def single_logits(bb, images: list[torch.Tensor], queries: torch.Tensor, precision: str | None = None) -> list:
     """Cosine logits ``[h_i, w_i, Q]`` of each image; one packed forward for several images."""
     device = images[0].device
-    with autocast(device, amp):
+    with autocast(device, precision):
         if len(images) == 1:
             feats = [bb(images[0][None])[0]]
         else:
@@ -56,7 +54,7 @@ def single_logits(bb, images: list[torch.Tensor], queries: torch.Tensor, amp="au
 
 @torch.no_grad()
 def slide_logits(bb, image: torch.Tensor, queries: torch.Tensor, stride: int = 24,
-                 batch_size: int = SLIDE_BATCH, amp="auto") -> torch.Tensor:
+                 batch_size: int = SLIDE_BATCH, precision: str | None = None) -> torch.Tensor:
     """Sliding-window logits at full resolution, fp32 ``[H, W, Q]`` (SPEC §5 step 7)."""
     if stride <= 0:
         raise UserError(f"stride must be a positive number of pixels, got {stride}")
@@ -70,7 +68,7 @@ def slide_logits(bb, image: torch.Tensor, queries: torch.Tensor, stride: int = 2
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         windows = torch.stack([image[:, y:y + win_h, x:x + win_w] for y, x in chunk])
-        with autocast(image.device, amp):
+        with autocast(image.device, precision):
             feats = bb(windows)
         logits = cosine_logits(feats, queries).permute(0, 3, 1, 2)
         logits = F.interpolate(logits, size=(win_h, win_w), mode="bilinear", align_corners=False)
@@ -90,8 +88,9 @@ def _out_hw(image: torch.Tensor, out_hw) -> tuple[int, int]:
 
 def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_scale: float = 40.0,
             prob_thd: float = 0.0, area_thd: float | None = None, logit_bias: float = 0.0,
-            out_hw=None, stride: int = 24, amp="auto", fused: bool = True,
-            cache_dir=None, queries=None, tokenizer=None) -> torch.Tensor:
+            out_hw=None, stride: int = 24, precision: str | None = None, fused: bool = True,
+            cache_dir=None, queries=None, tokenizer=None, head: HeadSettings | None = None,
+            amp: str | None = None) -> torch.Tensor:
     """Label map of one image.
 
     Args:
@@ -99,10 +98,13 @@ def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_s
         image: normalized ``[3, H, W]`` (already test-resized if wanted).
         classes: class lines (synonyms joined by ", "), a class-file path or a ";"-joined string.
         mode: "single" (one dense forward) or "slide" (windows of ``bb.window`` at ``stride``).
-        logit_scale, logit_bias, prob_thd, area_thd: SPEC §5 step 3 (bias 0 as in the reference).
+        logit_scale, logit_bias, prob_thd, area_thd: SPEC §5 step 3 (bias 0 as in the reference);
+            or ``head``, a :class:`~spar_fast.ops.seg_head.HeadSettings` holding all four
+            (then these keywords are ignored).
         out_hw: size of the label map (default ``(H, W)``); logits are upsampled to it.
-        amp: a precision name of :func:`spar_fast.runtime.autocast`: "auto" (bf16 on GPU,
-            fp32 on CPU), "bf16", "fp16" or "fp32".
+        precision: a precision name of :func:`spar_fast.runtime.autocast`: "auto" (default;
+            bf16 on GPU, fp32 on CPU), "bf16", "fp16" or "fp32" (``amp=``: its older, deprecated
+            spelling).
         fused: single mode only; False runs the unfused reference postprocess.
         queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) used instead of
             encoding ``classes`` (then None): no tokenizer, no text tower.
@@ -111,26 +113,31 @@ def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_s
         int64 ``[out_h, out_w]`` class indices (line numbers of ``classes``), on the image's device.
     """
     check_image(image)
+    precision = precision_or_amp(precision, amp, "segment")
+    head = head or head_settings(logit_scale=logit_scale, logit_bias=logit_bias, prob_thd=prob_thd,
+                                 area_thd=area_thd)
     queries, q2c, _ = resolve_queries(bb, classes, queries, image.device, cache_dir, tokenizer)
     out = _out_hw(image, out_hw)
     if mode == "single":
-        logits = single_logits(bb, [image], queries, amp)[0]
-        return postprocess(logits, q2c, out, logit_scale, logit_bias, prob_thd, area_thd, fused)
+        logits = single_logits(bb, [image], queries, precision)[0]
+        return postprocess(logits, q2c, out, head, fused)
     if mode == "slide":
-        logits = slide_logits(bb, image, queries, stride=stride, amp=amp)
-        return postprocess(logits, q2c, out, logit_scale, logit_bias, prob_thd, area_thd, False)
+        logits = slide_logits(bb, image, queries, stride=stride, precision=precision)
+        return postprocess(logits, q2c, out, head, False)
     raise UserError(f"mode must be 'single' or 'slide', got {mode!r}")
 
 
-def segment_batch(bb, images: list[torch.Tensor], classes=None, out_hws=None, logit_scale=40.0,
-                  prob_thd=0.0, area_thd=None, logit_bias=0.0, amp="auto", fused=True,
-                  cache_dir=None, queries=None, tokenizer=None) -> list[torch.Tensor]:
+def segment_batch(bb, images: list[torch.Tensor], classes=None, out_hws=None,
+                  head: HeadSettings | None = None, precision: str | None = None, fused=True, cache_dir=None,
+                  queries=None, tokenizer=None) -> list[torch.Tensor]:
     """Single-pass label maps of images of mixed sizes (one packed forward).
 
     ``images``: list of normalized ``[3, H_i, W_i]``; ``out_hws``: list of output sizes (default
-    each image's size); ``queries`` / ``tokenizer`` as in :func:`segment`. Returns a list of
-    int64 ``[out_h_i, out_w_i]``.
+    each image's size); ``head``: the head settings (default :class:`HeadSettings`);
+    ``queries`` / ``tokenizer`` as in :func:`segment`. Returns a list of int64
+    ``[out_h_i, out_w_i]``.
     """
+    head = head or HeadSettings()
     if not images:
         return []
     for image in images:
@@ -139,6 +146,6 @@ def segment_batch(bb, images: list[torch.Tensor], classes=None, out_hws=None, lo
     if len(out_hws) != len(images):
         raise UserError(f"{len(images)} images but {len(out_hws)} output sizes")
     queries, q2c, _ = resolve_queries(bb, classes, queries, images[0].device, cache_dir, tokenizer)
-    logits = single_logits(bb, images, queries, amp)
-    return [postprocess(lg, q2c, _out_hw(im, hw), logit_scale, logit_bias, prob_thd, area_thd, fused)
+    logits = single_logits(bb, images, queries, precision)
+    return [postprocess(lg, q2c, _out_hw(im, hw), head, fused)
             for lg, im, hw in zip(logits, images, out_hws)]
