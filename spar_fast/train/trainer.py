@@ -88,8 +88,8 @@ def _store_weights(store: str, store_cfg: StoreConfig) -> str:
 
 
 def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str:
-    """The loop of :func:`train` in process ``rank`` of ``world`` on ``device``."""
-    from ..backbones import Backbone
+    """:func:`train` in process ``rank`` of ``world`` on ``device``: settle the config against
+    the store and a saved run, then train (or return the finished run's weights)."""
     from ..store import FeatureStore
 
     precision = resolve_precision(cfg.precision, device)
@@ -99,122 +99,152 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
     cfg = cfg.replace(backbone=cfg.backbone or store_cfg.backbone, precision=precision,
                       weights=cfg.weights or _store_weights(store, store_cfg))
     os.makedirs(out_dir, exist_ok=True)
-    resume_key = cfg.resume_key(world)
-    state = _resume_state(out_dir, resume_key, cfg.resume)
+    state = _resume_state(out_dir, cfg.resume_key(world), cfg.resume)
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
         return state["weights"]
-
-    bb = Backbone.from_pretrained(cfg.backbone, weights=cfg.weights)
-    trainable = apply_unfreeze(cfg.unfreeze, bb)
-    bb.to(device).train()
-    named = dict(bb.model.named_parameters())
-    params = [named[n] for n in trainable.names]
-    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    run_step = TrainStep(bb, params, optimizer, scaler, trainable.first_block, precision, world,
-                         cfg.skip_nonfinite)
-
-    stage = cfg.loader_stage or ("device" if device.type == "cuda" else "cpu")
-    dataset = StoreDataset(store, bb.mean, bb.std, decode=training_decode(store_cfg.decode, cfg.decode, device,
-                                                                  store_cfg.decode_version),
-                           stage=stage, partial=cfg.allow_partial)
-    sampler = PackingSampler(dataset.tokens(), cfg.tokens_per_step or None, seed=cfg.seed, world_size=world,
-                             accumulate=cfg.accumulate)
-    plans = [sampler.epoch_plan(e) for e in range(cfg.epochs)]
-    total = sum(len(p) for p in plans)
-    epoch, start, global_step, skipped = 0, 0, 0, 0
+    run = _Run(rank, world, device, store, store_cfg, out_dir, cfg)
     if state is not None:
-        ckpt.load_weights(bb.model, state["weights"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a run saved by an older, unfused optimizer
+        run.restore(state)
+    return run.loop()
+
+
+class _Run:
+    """One training run of a process: the model and optimizer, the data, the position in the
+    epoch plans, and the host-side record of steps whose device values are not read yet."""
+
+    def __init__(self, rank, world, device, store: str, store_cfg: StoreConfig, out_dir: str,
+                 cfg: TrainConfig):
+        from ..backbones import Backbone
+
+        self.rank, self.world, self.device, self.out_dir, self.cfg = rank, world, device, out_dir, cfg
+        self.resume_key = cfg.resume_key(world)
+        self.bb = bb = Backbone.from_pretrained(cfg.backbone, weights=cfg.weights)
+        trainable = apply_unfreeze(cfg.unfreeze, bb)
+        bb.to(device).train()
+        named = dict(bb.model.named_parameters())
+        self.params = [named[n] for n in trainable.names]
+        self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.step_fn = TrainStep(bb, self.params, self.optimizer, self.scaler, trainable.first_block,
+                                 cfg.precision, world, cfg.skip_nonfinite)
+        self.stage = cfg.loader_stage or ("device" if device.type == "cuda" else "cpu")
+        decode = training_decode(store_cfg.decode, cfg.decode, device, store_cfg.decode_version)
+        self.dataset = StoreDataset(store, bb.mean, bb.std, decode=decode, stage=self.stage,
+                                    partial=cfg.allow_partial)
+        self.sampler = PackingSampler(self.dataset.tokens(), cfg.tokens_per_step or None, seed=cfg.seed,
+                                      world_size=world, accumulate=cfg.accumulate)
+        self.plans = [self.sampler.epoch_plan(e) for e in range(cfg.epochs)]
+        self.total = sum(len(p) for p in self.plans)
+        self.epoch = self.start = self.global_step = self.skipped = 0
+        self.pending: list[dict] = []  # host-side facts of the steps not read back yet
+        self.log = self.bar = None
+
+    def restore(self, state: dict) -> None:
+        """Continue from a saved checkpoint (weights, optimizer, scaler, RNG, position)."""
+        ckpt.load_weights(self.bb.model, state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # a run saved by an older, unfused optimizer
             group.update(fused=True, foreach=None)
-        scaler.load_state_dict(state["scaler"])
+        self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
-        epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        skipped = state.get("skipped_images", 0)
+        self.epoch, self.start, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        self.skipped = state.get("skipped_images", 0)
 
-    log = MetricsLog(out_dir, resume_step=global_step) if rank == 0 else None
-    pending: list[dict] = []  # host-side facts of the steps whose device values are not read yet
-    window_start = time.perf_counter()
-    bar = None
-    if cfg.progress and rank == 0:
-        from tqdm import tqdm
+    def loop(self) -> str:
+        """Every remaining step of every epoch; returns the final weights path."""
+        cfg = self.cfg
+        if self.rank == 0:
+            self.log = MetricsLog(self.out_dir, resume_step=self.global_step)
+            if cfg.progress:
+                from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=global_step, desc="train", unit="step", dynamic_ncols=True)
+                self.bar = tqdm(total=self.total, initial=self.global_step, desc="train", unit="step",
+                                dynamic_ncols=True)
+        self.window_start = run_start = time.perf_counter()
+        steps_run = 0
+        while self.epoch < cfg.epochs:
+            steps_run += self._run_epoch()
+        if self.bar is not None:
+            self.bar.close()
+        if self.rank == 0:
+            write_summary(self.out_dir, {
+                "steps": self.global_step, "steps_this_run": steps_run,
+                "seconds_this_run": time.perf_counter() - run_start, "skipped_images": self.skipped,
+                "skip_nonfinite": cfg.skip_nonfinite, "decode": self.dataset.decode,
+                "loader_stage": self.stage})
+        if self.skipped:
+            warnings.warn(f"{self.skipped} image(s) with non-finite targets or loss were skipped "
+                          f"(see {os.path.join(self.out_dir, 'summary.json')})", stacklevel=3)
+        return os.path.join(self.out_dir, ckpt.FINAL_WEIGHTS)
 
-    def flush():
+    def _run_epoch(self) -> int:
+        """Run the rest of the current epoch, checkpointing as due; returns the steps run."""
+        cfg, plan, bb = self.cfg, self.plans[self.epoch], self.bb
+        loader = make_loader(self.dataset, self.sampler.rank_batches(self.epoch, self.rank, start_step=self.start),
+                             cfg.workers, pin_memory=self.device.type == "cuda")
+        chunks = device_chunks(loader, lambda c: prepare_chunk(c, bb.mean, bb.std, self.device), self.device)
+        steps_run = 0
+        while self.start < len(plan):
+            step = plan[self.start]
+            n_global = sum(len(c) for c in step)
+            lr_now = lr_at(cfg, self.global_step, self.total)
+            mine = self.sampler.rank_chunks(step, self.rank)
+            self.step_fn((next(chunks)[:2] for _ in mine), n_global, lr_now)
+            self.pending.append({"step": self.global_step + 1, "epoch": self.epoch, "lr": lr_now,
+                                 "images": n_global,
+                                 "tokens": sum(self.sampler.tokens[i] for c in step for i in c),
+                                 "ids": self.dataset.image_ids(i for c in step for i in c)})
+            self.start += 1
+            self.global_step += 1
+            steps_run += 1
+            epoch_done = self.start == len(plan)
+            if epoch_done:
+                self.epoch, self.start = self.epoch + 1, 0
+            if self.bar is not None:
+                self.bar.update(1)
+            if len(self.pending) >= cfg.log_every:
+                self._flush()
+            if epoch_done or (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0):
+                self._snapshot(final=self.epoch >= cfg.epochs)
+                if self.rank == 0 and epoch_done:
+                    plot_loss(self.out_dir)
+            if epoch_done:
+                break
+        return steps_run
+
+    def _flush(self) -> None:
         """Read the pending steps' losses and flags (one device sync) and log them; stop at the
         first non-finite step (the steps before it are logged)."""
-        nonlocal skipped, window_start
-        losses, bad, dropped = run_step.read()
-        skipped += dropped
+        losses, bad, dropped = self.step_fn.read()
+        self.skipped += dropped
+        pending = self.pending
         first_bad = bad.index(True) if True in bad else len(bad)
-        rate = sum(r["images"] for r in pending) / max(time.perf_counter() - window_start, 1e-9)
-        if log is not None:
-            log.write_many([{"step": r["step"], "epoch": r["epoch"], "lr": r["lr"], "tokens": r["tokens"],
-                             "loss": loss if math.isfinite(loss) else None, "images_per_s": rate}
-                            for r, loss in zip(pending[:first_bad], losses)])
+        rate = sum(r["images"] for r in pending) / max(time.perf_counter() - self.window_start, 1e-9)
+        if self.log is not None:
+            self.log.write_many([{"step": r["step"], "epoch": r["epoch"], "lr": r["lr"], "tokens": r["tokens"],
+                                  "loss": loss if math.isfinite(loss) else None, "images_per_s": rate}
+                                 for r, loss in zip(pending[:first_bad], losses)])
         if first_bad < len(bad):
             rec, ids = pending[first_bad], pending[first_bad]["ids"]
             shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
             raise UserError(f"non-finite loss or gradient at step {rec['step']} (images {shown}); the "
-                            f"weights were not updated and the last good checkpoint in {out_dir} is "
+                            f"weights were not updated and the last good checkpoint in {self.out_dir} is "
                             "kept; skip_nonfinite (--skip-nonfinite) skips such images instead")
-        if bar is not None and losses:
-            bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{rate:.1f}")
+        if self.bar is not None and losses:
+            self.bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{rate:.1f}")
         pending.clear()
-        window_start = time.perf_counter()
+        self.window_start = time.perf_counter()
 
-    def snapshot(final=False):
-        flush()
-        if not weights_finite(params):
-            raise UserError(f"non-finite weights after step {global_step}; not saved, the last good "
-                            f"checkpoint in {out_dir} is kept (check lr and weight_decay)")
-        if rank == 0:
-            ckpt.save_checkpoint(out_dir, bb.model, {
-                "config": resume_key, "epoch": epoch, "step_in_epoch": start, "global_step": global_step,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "done": final,
-                "skipped_images": skipped}, final=final)
-        barrier(world)
-
-    run_start, steps_run = time.perf_counter(), 0
-    while epoch < cfg.epochs:
-        plan = plans[epoch]
-        loader = make_loader(dataset, sampler.rank_batches(epoch, rank, start_step=start), cfg.workers,
-                             pin_memory=device.type == "cuda")
-        chunks = device_chunks(loader, lambda c: prepare_chunk(c, bb.mean, bb.std, device), device)
-        while start < len(plan):
-            step = plan[start]
-            n_global = sum(len(c) for c in step)
-            lr_now = lr_at(cfg, global_step, total)
-            mine = sampler.rank_chunks(step, rank)
-            run_step((next(chunks)[:2] for _ in mine), n_global, lr_now)
-            pending.append({"step": global_step + 1, "epoch": epoch, "lr": lr_now, "images": n_global,
-                            "tokens": sum(sampler.tokens[i] for c in step for i in c),
-                            "ids": dataset.image_ids(i for c in step for i in c)})
-            start += 1
-            global_step += 1
-            steps_run += 1
-            if start == len(plan):
-                epoch, start = epoch + 1, 0
-            if bar is not None:
-                bar.update(1)
-            if len(pending) >= cfg.log_every:
-                flush()
-            if start == 0 or (cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0):
-                snapshot(final=epoch >= cfg.epochs)
-                if rank == 0 and start == 0:
-                    plot_loss(out_dir)
-            if start == 0:
-                break
-    if bar is not None:
-        bar.close()
-    if rank == 0:
-        seconds = time.perf_counter() - run_start
-        write_summary(out_dir, {"steps": global_step, "steps_this_run": steps_run, "seconds_this_run": seconds,
-                                "skipped_images": skipped, "skip_nonfinite": cfg.skip_nonfinite,
-                                "decode": dataset.decode, "loader_stage": stage})
-    if skipped:
-        warnings.warn(f"{skipped} image(s) with non-finite targets or loss were skipped "
-                      f"(see {os.path.join(out_dir, 'summary.json')})", stacklevel=2)
-    return os.path.join(out_dir, ckpt.FINAL_WEIGHTS)
+    def _snapshot(self, final: bool = False) -> None:
+        """Flush, check the weights, save the checkpoint (rank 0) and wait for every rank."""
+        self._flush()
+        if not weights_finite(self.params):
+            raise UserError(f"non-finite weights after step {self.global_step}; not saved, the last good "
+                            f"checkpoint in {self.out_dir} is kept (check lr and weight_decay)")
+        if self.rank == 0:
+            ckpt.save_checkpoint(self.out_dir, self.bb.model, {
+                "config": self.resume_key, "epoch": self.epoch, "step_in_epoch": self.start,
+                "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "done": final, "skipped_images": self.skipped},
+                final=final)
+        barrier(self.world)
