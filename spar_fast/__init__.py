@@ -15,7 +15,8 @@ _EXPORTS = {
     "dense_features": "spar_fast.backbones",
     "teacher_features": "spar_fast.teacher",
     "segment": "spar_fast.segmentation",
-    "load_image": "spar_fast.segmentation.preprocess",
+    "model_input": "spar_fast.segmentation.preprocess",
+    "load_image": "spar_fast.segmentation.preprocess",  # deprecated name of model_input
     "distill": "spar_fast.jobs.distill",
     "extract_features": "spar_fast.jobs.extract",
     "train": "spar_fast.train",

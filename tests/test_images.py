@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spar_fast.data import ImageLoadError, list_images, load_image
+from spar_fast.data import ImageLoadError, list_images, read_rgb
 from spar_fast.errors import UserError
 
 # JPEG is lossy: inside flat color blocks (away from the block edges, where the 8x8 DCT rings)
@@ -49,7 +49,7 @@ def _png16_rgb(a: np.ndarray) -> bytes:
 def test_rgb_png_exact(tmp_path):
     img = np.random.default_rng(1).integers(0, 256, (7, 13, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "a.png")
-    out = load_image(tmp_path / "a.png")
+    out = read_rgb(tmp_path / "a.png")
     assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
     np.testing.assert_array_equal(out, img)
 
@@ -60,7 +60,7 @@ def test_exif_orientation_applied(tmp_path, orientation, rot):
     exif = Image.Exif()
     exif[0x0112] = orientation
     Image.fromarray(img).save(tmp_path / "r.jpg", quality=95, exif=exif.tobytes())
-    out = load_image(tmp_path / "r.jpg")
+    out = read_rgb(tmp_path / "r.jpg")
     expected = np.rot90(img, k=rot)  # 6: viewer turns 90° clockwise, 8: counter-clockwise
     assert out.shape == expected.shape
     assert _interior_diff(out, expected) <= JPEG_ATOL
@@ -69,16 +69,16 @@ def test_exif_orientation_applied(tmp_path, orientation, rot):
 def test_grayscale_and_bilevel(tmp_path):
     gray = np.random.default_rng(2).integers(0, 256, (9, 5), dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / "g.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "g.png"), np.repeat(gray[..., None], 3, 2))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "g.png"), np.repeat(gray[..., None], 3, 2))
     Image.fromarray(gray > 127).save(tmp_path / "b.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "b.png")[..., 0], (gray > 127) * 255)
+    np.testing.assert_array_equal(read_rgb(tmp_path / "b.png")[..., 0], (gray > 127) * 255)
 
 
 def test_16bit_gray_png_and_tiff_scaled_not_clipped(tmp_path):
     values = np.array([[0, 1, 128, 129, 257], [30000, 40000, 65279, 65534, 65535]], np.uint16)
     for name in ("g16.png", "g16.tif"):
         Image.fromarray(values).save(tmp_path / name)
-        out = load_image(tmp_path / name)
+        out = read_rgb(tmp_path / name)
         np.testing.assert_array_equal(out[..., 0], np.rint(values / 257.0).astype(np.uint8))
         assert (out[..., 0] == out[..., 2]).all()
 
@@ -87,7 +87,7 @@ def test_16bit_rgb_png(tmp_path):
     a = np.random.default_rng(3).integers(0, 65536, (6, 7, 3)).astype(np.uint16)
     a[0, 0] = (0, 65535, 32768)
     (tmp_path / "c16.png").write_bytes(_png16_rgb(a))
-    out = load_image(tmp_path / "c16.png").astype(int)
+    out = read_rgb(tmp_path / "c16.png").astype(int)
     # Pillow keeps the high byte (v >> 8): within one level of round(v / 257), full range kept
     assert np.abs(out - np.rint(a / 257.0)).max() <= 1
     assert tuple(out[0, 0]) == (0, 255, 128)
@@ -97,7 +97,7 @@ def test_cmyk_jpeg(tmp_path):
     img = _blocks(seed=4)
     Image.fromarray(img).convert("CMYK").save(tmp_path / "k.jpg", quality=95)
     assert Image.open(tmp_path / "k.jpg").mode == "CMYK"
-    out = load_image(tmp_path / "k.jpg")
+    out = read_rgb(tmp_path / "k.jpg")
     assert _interior_diff(out, img) <= JPEG_ATOL
 
 
@@ -105,10 +105,10 @@ def test_palette_png_with_and_without_transparency(tmp_path):
     img = _blocks(seed=5)
     pal = Image.fromarray(img).quantize(colors=4)
     pal.save(tmp_path / "p.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "p.png"), np.asarray(pal.convert("RGB")))
+    np.testing.assert_array_equal(read_rgb(tmp_path / "p.png"), np.asarray(pal.convert("RGB")))
     idx = np.asarray(pal)
     pal.save(tmp_path / "pt.png", transparency=int(idx[0, 0]))
-    out = load_image(tmp_path / "pt.png")
+    out = read_rgb(tmp_path / "pt.png")
     clear = idx == idx[0, 0]
     assert (out[clear] == 0).all()
     np.testing.assert_array_equal(out[~clear], np.asarray(pal.convert("RGB"))[~clear])
@@ -118,12 +118,12 @@ def test_rgba_and_la_composited_on_black(tmp_path):
     rgba = np.random.default_rng(6).integers(0, 256, (5, 8, 4), dtype=np.uint8)
     rgba[0, 0, 3], rgba[0, 1, 3] = 0, 255
     Image.fromarray(rgba).save(tmp_path / "a.png")
-    out = load_image(tmp_path / "a.png")
+    out = read_rgb(tmp_path / "a.png")
     expected = np.rint(rgba[..., :3].astype(float) * rgba[..., 3:] / 255.0)
     np.testing.assert_array_equal(out, expected.astype(np.uint8))
     assert (out[0, 0] == 0).all() and (out[0, 1] == rgba[0, 1, :3]).all()
     Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
-    la = load_image(tmp_path / "la.png")
+    la = read_rgb(tmp_path / "la.png")
     gray = np.rint(rgba[..., 0].astype(float) * rgba[..., 3] / 255.0).astype(np.uint8)
     np.testing.assert_array_equal(la, np.repeat(gray[..., None], 3, 2))
 
@@ -140,7 +140,7 @@ def test_bad_files_raise_one_line_errors(tmp_path):
              "missing.jpg": "not found", "trunc.png": "truncated|corrupt"}
     for name, words in cases.items():
         with pytest.raises(ImageLoadError, match=words) as info:
-            load_image(tmp_path / name)
+            read_rgb(tmp_path / name)
         assert isinstance(info.value, UserError)
         assert "\n" not in str(info.value) and name in str(info.value)
 
@@ -202,7 +202,7 @@ def test_special_files_refused_before_opening(tmp_path):
     (tmp_path / "dir.jpg").mkdir()
     for name, kind in (("pipe.jpg", "a FIFO"), ("zero.png", "a character device"), ("dir.jpg", "a folder")):
         with pytest.raises(ImageLoadError, match=f"not a regular file \\({kind}\\)"):
-            load_image(tmp_path / name)  # would block (FIFO) or never end (/dev/zero) if opened
+            read_rgb(tmp_path / name)  # would block (FIFO) or never end (/dev/zero) if opened
 
 
 def test_header_size_is_upright_and_checked_before_decoding(tmp_path):
@@ -211,10 +211,10 @@ def test_header_size_is_upright_and_checked_before_decoding(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: the decoded image is 40 x 16
     Image.fromarray(_blocks(16, 40)).save(tmp_path / "r.jpg", exif=exif)
-    assert read_image_size(tmp_path / "r.jpg") == load_image(tmp_path / "r.jpg").shape[:2] == (40, 16)
+    assert read_image_size(tmp_path / "r.jpg") == read_rgb(tmp_path / "r.jpg").shape[:2] == (40, 16)
     with pytest.raises(ImageLoadError, match="exceeds the limit"):
-        load_image(tmp_path / "r.jpg", max_pixels=639)
-    assert load_image(tmp_path / "r.jpg", max_pixels=640).shape == (40, 16, 3)
+        read_rgb(tmp_path / "r.jpg", max_pixels=639)
+    assert read_rgb(tmp_path / "r.jpg", max_pixels=640).shape == (40, 16, 3)
 
 
 def test_undecodable_file_names_get_printable_ids(tmp_path):
@@ -225,7 +225,7 @@ def test_undecodable_file_names_get_printable_ids(tmp_path):
     Image.fromarray(_blocks()).save(tmp_path / name)
     (item,) = list_images(tmp_path)
     assert item.id == "caf\\xe9" and json.dumps(item.id).encode("utf-8")
-    assert load_image(item.path).shape == (24, 40, 3)  # the file is read through its real name
+    assert read_rgb(item.path).shape == (24, 40, 3)  # the file is read through its real name
     (tmp_path / "list.txt").write_bytes(b"caf\xe9.png\n")  # a list file in latin-1
     (listed,) = list_images(tmp_path / "list.txt")
-    assert listed.id == "caf\\xe9" and load_image(listed.path).shape == (24, 40, 3)
+    assert listed.id == "caf\\xe9" and read_rgb(listed.path).shape == (24, 40, 3)

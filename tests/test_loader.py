@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from spar_fast.data import load_image
-from spar_fast.data.decode import (EncodedImage, available, decode_image, decode_signature, default_decode,
-                                   read_image, training_decode)
+from spar_fast.data import read_rgb
+from spar_fast.data.decode import (EncodedImage, available, decode_rgb, decode_signature, default_decode,
+                                   read_encoded, training_decode)
 from spar_fast.data.images import ImageLoadError
 from spar_fast.errors import UserError
 from spar_fast.train.loader import (StoreDataset, collate_chunk, device_chunks, make_loader,
@@ -39,35 +39,35 @@ def test_torchvision_path_gives_pillow_pixels(tmp_path, hw, subsampling):
     Pillow's bit for bit, so ``torchvision`` only changes speed."""
     seed = int(torch.randint(0, 10**6, ()))
     path = _save(tmp_path / "a.jpg", _photo(*hw, seed), quality=90, subsampling=subsampling)
-    enc = read_image(path, "torchvision")
+    enc = read_encoded(path, "torchvision")
     assert enc.kind == "pixels"
-    assert np.array_equal(enc.data.numpy(), load_image(path))
+    assert np.array_equal(enc.data.numpy(), read_rgb(path))
     gray = _save(tmp_path / "g.jpg", _photo(*hw, seed)[..., 0], quality=85)
-    assert np.array_equal(decode_image(gray, "torchvision").numpy(), load_image(gray))
+    assert np.array_equal(decode_rgb(gray, "torchvision").numpy(), read_rgb(gray))
 
 
 @needs_torchvision
 def test_odd_files_fall_back_to_pillow(tmp_path):
     pixels = _photo(40, 60, 1)
     png = _save(tmp_path / "a.png", pixels)
-    assert np.array_equal(decode_image(png, "torchvision").numpy(), pixels)
-    # EXIF-rotated JPEG: decoded by load_image (upright), for every path
+    assert np.array_equal(decode_rgb(png, "torchvision").numpy(), pixels)
+    # EXIF-rotated JPEG: decoded by read_rgb (upright), for every path
     exif = Image.Exif()
     exif[0x0112] = 6
     rotated = str(tmp_path / "r.jpg")
     Image.fromarray(pixels).save(rotated, quality=90, exif=exif.tobytes())
     for decode in ("torchvision", "nvjpeg"):
-        enc = read_image(rotated, decode)
-        assert enc.kind == "pixels" and np.array_equal(enc.data.numpy(), load_image(rotated))
+        enc = read_encoded(rotated, decode)
+        assert enc.kind == "pixels" and np.array_equal(enc.data.numpy(), read_rgb(rotated))
     # nvjpeg path: a plain JPEG travels as its bytes
     plain = _save(tmp_path / "p.jpg", pixels, quality=90)
-    enc = read_image(plain, "nvjpeg")
+    enc = read_encoded(plain, "nvjpeg")
     assert enc.kind == "jpeg" and bytes(enc.data.numpy()) == open(plain, "rb").read()
-    # truncated JPEG: the same one-line error as load_image
+    # truncated JPEG: the same one-line error as read_rgb
     data = open(plain, "rb").read()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageLoadError, match="truncated"):
-        read_image(str(tmp_path / "t.jpg"), "torchvision")
+        read_encoded(str(tmp_path / "t.jpg"), "torchvision")
 
 
 # a store.json written before the decode path was recorded
@@ -98,7 +98,7 @@ def test_decode_choice_and_store_mismatch():
     cpu = torch.device("cpu")
     assert default_decode(cpu) in ("torchvision", "pil")
     assert not available("nvjpeg", cpu) or torch.cuda.is_available()
-    assert StoreConfig.from_dict(STORE_JSON).decode == "pil"  # stores without the key: load_image
+    assert StoreConfig.from_dict(STORE_JSON).decode == "pil"  # stores without the key: read_rgb
     assert training_decode("pil", None, cpu) == "pil"
     with pytest.raises(UserError, match="cannot run on cpu"):
         training_decode("nvjpeg", None, cpu)
@@ -116,7 +116,7 @@ def test_decode_choice_and_store_mismatch():
     with pytest.raises(UserError, match="decode must be one of"):
         training_decode("pil", "opencv", cpu)
     with pytest.raises(UserError, match="needs a CUDA device"):
-        decode_image(__file__, "nvjpeg", "cpu")
+        decode_rgb(__file__, "nvjpeg", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -173,16 +173,16 @@ def test_collate_keeps_lists():
 
 @pytest.mark.skipif(not available("nvjpeg", "cuda"), reason="nvjpeg needs CUDA and torchvision")
 def test_nvjpeg_batch_equals_extraction_decode_and_is_close_to_libjpeg(tmp_path):
-    """The training loader's batched nvJPEG decode gives the pixels extraction's decode_image gave
+    """The training loader's batched nvJPEG decode gives the pixels extraction's decode_rgb gave
     (exactly: the student sees the teacher's pixels); against libjpeg they differ by IDCT and
     chroma-upsampling rounding only."""
     from spar_fast.data.decode import finish_decode
 
     paths = [_save(tmp_path / f"{i}.jpg", _photo(97 + 31 * i, 131 + 17 * i, i), quality=90) for i in range(3)]
-    batch = finish_decode([read_image(p, "nvjpeg") for p in paths], "cuda")
+    batch = finish_decode([read_encoded(p, "nvjpeg") for p in paths], "cuda")
     for path, pixels in zip(paths, batch):
-        single = decode_image(path, "nvjpeg", "cuda")
+        single = decode_rgb(path, "nvjpeg", "cuda")
         assert torch.equal(pixels, single)
-        diff = (pixels.cpu().int() - torch.from_numpy(load_image(path)).int()).abs()
+        diff = (pixels.cpu().int() - torch.from_numpy(read_rgb(path)).int()).abs()
         # nvJPEG vs libjpeg-turbo ISLOW: a few levels at most, about zero on average
         assert diff.max() <= 8 and diff.float().mean() < 1.0

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_datasets import make_dataset
 
@@ -30,7 +31,7 @@ def offline(code: str, epochs: bool = False) -> str:
 
 def test_readme_has_the_blocks():
     blocks = python_blocks()
-    assert len(blocks) == 2 and "sf.load_image" in blocks[0] and "sf.evaluate" in blocks[1]
+    assert len(blocks) == 2 and "sf.model_input" in blocks[0] and "sf.evaluate" in blocks[1]
 
 
 def test_readme_photo_example_runs(tmp_path, monkeypatch):
@@ -45,7 +46,7 @@ def test_readme_photo_example_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("hw", [(20, 300), (40, 37)])
-def test_load_image_teacher_rule(hw):
+def test_model_input_teacher_rule(hw):
     """for_teacher: multiples of the patch, >= the window, whatever the photo's size."""
     import numpy as np
 
@@ -53,10 +54,28 @@ def test_load_image_teacher_rule(hw):
 
     bb = sf.Backbone.from_pretrained("siglip2-tiny", weights="random")
     img = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
-    x = sf.load_image(img, bb, resize=None, for_teacher=True)
+    x = sf.model_input(img, bb, resize=None, for_teacher=True)
     assert x.shape[1] % 16 == 0 and x.shape[2] % 16 == 0 and min(x.shape[1:]) >= bb.window
     assert sf.teacher_features(bb, x, stride=24).shape[:2] == (x.shape[1] // 16, x.shape[2] // 16)
-    assert tuple(sf.load_image(img, bb, resize=None).shape) == (3, *hw)
+    assert tuple(sf.model_input(img, bb, resize=None).shape) == (3, *hw)
+
+
+def test_older_image_function_names_warn(tmp_path):
+    """sf.load_image and spar_fast.data.load_image: deprecated names, one warning, same result."""
+    import numpy as np
+    from PIL import Image
+
+    import spar_fast as sf
+    from spar_fast import data
+
+    bb = sf.Backbone.from_pretrained("siglip2-tiny", weights="random")
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    with pytest.warns(DeprecationWarning, match="model_input"):
+        old = sf.load_image(img, bb, resize=None)
+    assert torch.equal(old, sf.model_input(img, bb, resize=None))
+    Image.fromarray(img).save(tmp_path / "a.png")
+    with pytest.warns(DeprecationWarning, match="read_rgb"):
+        assert np.array_equal(data.load_image(tmp_path / "a.png"), img)
 
 
 def test_readme_training_example_runs(tmp_path, monkeypatch):

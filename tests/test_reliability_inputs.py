@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spar_fast.data.images import DEFAULT_MAX_PIXELS, check_image_size, load_image, read_image_size
+from spar_fast.data.images import DEFAULT_MAX_PIXELS, check_image_size, read_rgb, read_image_size
 from spar_fast.errors import UserError
 from spar_fast.store import FeatureStore, verify
 from test_store import SUBPROCESS_PATH, run_job
@@ -177,7 +177,7 @@ def test_header_size_without_decoding(tmp_path):
     path.write_bytes(_png_header_only(9000, 9000))  # 81 M pixels, below Pillow's own bomb limit
     assert read_image_size(path) == (9000, 9000)
     with pytest.raises(UserError, match="exceeds the limit"):
-        load_image(path)
+        read_rgb(path)
 
 
 def test_check_image_size_is_the_one_refusal_rule():

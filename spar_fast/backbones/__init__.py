@@ -14,7 +14,7 @@ __all__ = ["Backbone", "dense_features", "load_weights", "read_state_dict", "sav
 def dense_features(bb: Backbone, image_or_list, precision: str = "fp32"):
     """Single-pass dense features under ``torch.no_grad()``.
 
-    ``[3, H, W]`` (normalized, e.g. from :func:`spar_fast.load_image`) -> ``[h, w, C]``; a list
+    ``[3, H, W]`` (normalized, e.g. from :func:`spar_fast.model_input`) -> ``[h, w, C]``; a list
     of ``[3, Hi, Wi]`` -> list of ``[hi, wi, C]`` (one packed forward). Images are moved to the
     model's device. ``precision``: ``fp32`` (default, the model's dtype), ``bf16`` / ``fp16``
     autocast, or ``auto`` (bf16 on CUDA, fp32 on CPU); see :func:`spar_fast.runtime.autocast`.

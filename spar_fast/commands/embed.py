@@ -21,12 +21,13 @@ def run(args) -> int:
 
     from ..backbones import dense_features
     from ..runtime import check_output_file
-    from .model_args import load_model, model_input, read_image
+    from ..segmentation.preprocess import as_rgb, model_input
+    from .model_args import load_model
 
     check_output_file(args.output, (".safetensors", ".npy"))
-    image = read_image(args.image)
+    image = as_rgb(args.image)
     bb = load_model(args)
-    x = model_input(image, bb, args.no_resize)
+    x = model_input(image, bb, resize=None if args.no_resize else "test")
     feats = dense_features(bb, x, "auto").float().cpu().contiguous()
     if args.output.lower().endswith(".npy"):
         np.save(args.output, feats.numpy())

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from ..errors import UserError
 from ..options import arg_type, at_least, finite, finite_above, in_range
 from ..segmentation.preprocess import TEST_SCALE
 from .args import add_backbone, add_device, add_weights
@@ -39,18 +37,3 @@ def load_model(args, weights=None):
     device = resolve_device(args.device)
     chosen = weights if weights is not None else args.weights
     return Backbone.from_pretrained(args.backbone, weights=chosen).to(device).eval()
-
-
-def read_image(path: str):
-    """``uint8 [H, W, 3]`` of an image file (one-line ``UserError`` when unreadable)."""
-    from ..data.images import load_image
-
-    if not os.path.isfile(path):
-        raise UserError(f"image not found: {path}")
-    return load_image(path)
-
-
-def model_input(image, bb, no_resize: bool):
-    """Normalized ``[3, H', W']`` on the backbone's device (test resize unless ``no_resize``)."""
-    from ..segmentation.preprocess import load_image
-    return load_image(image, bb, resize=None if no_resize else "test")

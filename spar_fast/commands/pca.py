@@ -20,15 +20,16 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..backbones import dense_features
     from ..runtime import Weights, check_output_file
-    from .model_args import load_model, model_input, read_image
+    from ..segmentation.preprocess import as_rgb, model_input
+    from .model_args import load_model
     from ..segmentation.pca import pca_rgb, save_panels
 
     check_output_file(args.output, (".png",))
-    image = read_image(args.image)
+    image = as_rgb(args.image)
     feats, titles = [], []
     for weights in args.weights or [Weights("hub")]:
         bb = load_model(args, weights=weights)
-        feats.append(dense_features(bb, model_input(image, bb, args.no_resize), "auto").float().cpu())
+        feats.append(dense_features(bb, model_input(image, bb, resize=None if args.no_resize else "test"), "auto").float().cpu())
         titles.append(_title(weights))
         del bb
     save_panels([image] + pca_rgb(feats), ["image"] + titles, args.output)

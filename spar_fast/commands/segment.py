@@ -34,7 +34,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..runtime import check_output_file
-    from .model_args import load_model, model_input, read_image
+    from ..segmentation.preprocess import as_rgb, model_input
+    from .model_args import load_model
     from ..segmentation.infer import segment
     from ..segmentation.queries import default_cache_dir
     from .text_args import apply_tokenizer, classes_or_queries
@@ -44,10 +45,10 @@ def run(args) -> int:
     if args.save_mask:
         check_output_file(args.save_mask, (".png",))
     lines, queries = classes_or_queries(args)
-    image = read_image(args.image)
+    image = as_rgb(args.image)
     bb = load_model(args)
     apply_tokenizer(bb, args)
-    x = model_input(image, bb, args.no_resize)
+    x = model_input(image, bb, resize=None if args.no_resize else "test")
     labels = segment(bb, x, lines, mode=args.mode, logit_scale=args.logit_scale,
                      prob_thd=args.prob_thd, area_thd=args.area_thd, out_hw=image.shape[:2],
                      stride=args.stride, cache_dir=default_cache_dir(), queries=queries).cpu().numpy()

@@ -5,7 +5,7 @@ A decode path turns an image file into ``uint8 [H, W, 3]`` RGB. Three are define
 store records which one made its targets (``store.json`` key ``decode``, with
 :func:`decode_signature` under ``decode_version``), and training decodes with the same one:
 
-* ``pil`` — :func:`spar_fast.data.load_image` (Pillow): every format, EXIF orientation, alpha,
+* ``pil`` — :func:`spar_fast.data.read_rgb` (Pillow): every format, EXIF orientation, alpha,
   16-bit. Stores written before the key existed used it.
 * ``torchvision`` — plain JPEGs (RGB or grayscale, no EXIF rotation) through
   ``torchvision.io.decode_jpeg`` on the CPU (libjpeg-turbo, like Pillow: the same pixels, 2-4x
@@ -16,9 +16,9 @@ store records which one made its targets (``store.json`` key ``decode``, with
   chroma upsampling differ from libjpeg's (pixels differ by a few levels), so a store made with
   it must be trained with it.
 
-Two stages, so data-loader workers only read bytes: :func:`read_image` (worker side: the file's
+Two stages, so data-loader workers only read bytes: :func:`read_encoded` (worker side: the file's
 bytes for a JPEG the device will decode, else decoded pixels) and :func:`finish_decode` (on the
-device, a batch at a time). :func:`decode_image` is both in one call — the function the
+device, a batch at a time). :func:`decode_rgb` is both in one call — the function the
 extraction job calls.
 """
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import NamedTuple
 import torch
 
 from ..errors import UserError
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError, read_rgb
 
 DECODES = ("pil", "torchvision", "nvjpeg")
-LEGACY_DECODE = "pil"  # stores without a "decode" key were made by load_image
+LEGACY_DECODE = "pil"  # stores without a "decode" key were made by read_rgb
 SAME_PIXELS = {"pil", "torchvision"}  # both libjpeg-turbo ISLOW + fancy upsampling (tests/test_loader.py)
 _EXIF_ORIENTATION = 0x0112
 
@@ -98,7 +98,7 @@ def _check(decode: str) -> None:
 
 def _plain_jpeg(data: bytes) -> bool:
     """A JPEG both decoders treat alike: RGB or grayscale, upright, within Pillow's size limit.
-    Only the headers are parsed (Image.open is lazy); anything odd goes to ``load_image``."""
+    Only the headers are parsed (Image.open is lazy); anything odd goes to ``read_rgb``."""
     from PIL import Image
 
     if not data.startswith(b"\xff\xd8\xff"):
@@ -108,7 +108,7 @@ def _plain_jpeg(data: bytes) -> bool:
             return (img.format == "JPEG" and img.mode in ("RGB", "L")
                     and img.getexif().get(_EXIF_ORIENTATION, 1) == 1
                     and img.width * img.height <= (Image.MAX_IMAGE_PIXELS or float("inf")))
-    except Exception:  # any header Pillow rejects: load_image gives the reason
+    except Exception:  # any header Pillow rejects: read_rgb gives the reason
         return False
 
 
@@ -129,7 +129,7 @@ def _decode_jpeg(tensors: list[torch.Tensor], device: torch.device) -> list[torc
     return [t.permute(1, 2, 0) for t in out]
 
 
-def read_image(path: str | os.PathLike, decode: str) -> EncodedImage:
+def read_encoded(path: str | os.PathLike, decode: str) -> EncodedImage:
     """Worker side of ``decode``: bytes of a plain JPEG for nvjpeg, decoded pixels otherwise.
     Raises :class:`ImageLoadError` for a file that does not decode."""
     _check(decode)
@@ -142,15 +142,15 @@ def read_image(path: str | os.PathLike, decode: str) -> EncodedImage:
                 return EncodedImage("jpeg", raw, path)
             try:
                 return EncodedImage("pixels", _decode_jpeg([raw], torch.device("cpu"))[0], path)
-            except RuntimeError:  # truncated or corrupt: load_image names the problem
+            except RuntimeError:  # truncated or corrupt: read_rgb names the problem
                 pass
-    return EncodedImage("pixels", torch.from_numpy(load_image(path)), path)
+    return EncodedImage("pixels", torch.from_numpy(read_rgb(path)), path)
 
 
 def finish_decode(items: list[EncodedImage], device: torch.device | str) -> list[torch.Tensor]:
     """Device side: ``uint8 [H, W, 3]`` on ``device`` for each item; JPEG bytes are decoded in one
     nvJPEG batch (a batch that fails is retried image by image; an image nvJPEG rejects is
-    decoded by ``load_image``, the same fallback extraction took)."""
+    decoded by ``read_rgb``, the same fallback extraction took)."""
     device = torch.device(device)
     out: list[torch.Tensor | None] = [None] * len(items)
     jpeg = [i for i, item in enumerate(items) if item.kind == "jpeg"]
@@ -165,14 +165,14 @@ def finish_decode(items: list[EncodedImage], device: torch.device | str) -> list
                 try:
                     out[i] = _decode_jpeg([items[i].data], device)[0]
                 except RuntimeError:
-                    out[i] = torch.from_numpy(load_image(items[i].path)).to(device)
+                    out[i] = torch.from_numpy(read_rgb(items[i].path)).to(device)
     for i, item in enumerate(items):
         if out[i] is None:
             out[i] = item.data.to(device, non_blocking=True)
     return out
 
 
-def decode_image(path: str | os.PathLike, decode: str = "pil",
+def decode_rgb(path: str | os.PathLike, decode: str = "pil",
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Decode one image file with path ``decode`` -> ``uint8 [H, W, 3]`` on ``device``.
 
@@ -180,7 +180,7 @@ def decode_image(path: str | os.PathLike, decode: str = "pil",
     two stages in its loader. Raises :class:`ImageLoadError` for a file that does not decode."""
     if decode == "nvjpeg" and torch.device(device).type != "cuda":
         raise UserError("the nvjpeg decode path needs a CUDA device")
-    return finish_decode([read_image(path, decode)], device)[0]
+    return finish_decode([read_encoded(path, decode)], device)[0]
 
 
 def training_decode(stored: str, requested: str | None, device: torch.device,

@@ -1,6 +1,6 @@
 """Robust image loading and image lists.
 
-:func:`load_image` turns any common image file into ``uint8 [H, W, 3]`` RGB:
+:func:`read_rgb` turns any common image file into ``uint8 [H, W, 3]`` RGB:
 
 * EXIF orientation is applied (``ImageOps.exif_transpose``), so the array is upright as viewers
   show it.
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
@@ -106,7 +107,7 @@ _OPEN_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, S
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of the upright image from its header only (no pixel is decoded): the size
-    :func:`load_image` returns. Raises ``ImageLoadError`` like :func:`load_image`."""
+    :func:`read_rgb` returns. Raises ``ImageLoadError`` like :func:`read_rgb`."""
     path = os.fspath(path)
     regular_file(path)
     try:
@@ -114,7 +115,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
             w, h = img.size
             try:
                 orientation = img.getexif().get(_ORIENTATION_TAG, 1)
-            except Exception:  # malformed EXIF: load_image keeps the stored orientation too
+            except Exception:  # malformed EXIF: read_rgb keeps the stored orientation too
                 orientation = 1
     except _OPEN_ERRORS as exc:
         raise _open_error(path, exc) from None
@@ -163,6 +164,13 @@ def _upright(img: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Deprecated name of :func:`read_rgb` (a name says what it returns)."""
+    warnings.warn("spar_fast.data.load_image is deprecated; use spar_fast.data.read_rgb", DeprecationWarning,
+                  stacklevel=2)
+    return read_rgb(path, max_pixels)
+
+
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as upright RGB.
 
     Returns ``uint8 [H, W, 3]`` (C-contiguous, writable). Raises :class:`ImageLoadError` for

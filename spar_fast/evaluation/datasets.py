@@ -160,9 +160,9 @@ def load_label(path: str, reduce_zero_label: bool) -> np.ndarray:
 
 def load_sample(sample: Sample, reduce_zero_label: bool):
     """``(image uint8 [H, W, 3], label uint8 [H, W])``; a size mismatch is a ``UserError``."""
-    from ..data.images import load_image
+    from ..data.images import read_rgb
 
-    image = load_image(sample.image)
+    image = read_rgb(sample.image)
     label = load_label(sample.label, reduce_zero_label)
     if image.shape[:2] != label.shape:
         raise UserError(f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its label "

@@ -126,15 +126,15 @@ def choose_weights(settings: DemoSettings, tiny: bool, say) -> str:
 def evaluate_heldout(before, after, paths, stride: int, device) -> tuple[list[dict], list]:
     """Per held-out image: cosine(student, teacher) before/after and timings; PCA panels
     (image, teacher, student before, student after; basis fit on the teacher)."""
-    from ..data import load_image as decode
+    from ..data import read_rgb
     from ..segmentation.pca import pca_rgb
-    from ..segmentation.preprocess import load_image
+    from ..segmentation.preprocess import model_input
     from ..teacher import teacher_features
 
     rows, panels = [], []
     for path in paths:
-        image = decode(path)
-        x = load_image(image, before, resize=None, for_teacher=True, device=device)
+        image = read_rgb(path)
+        x = model_input(image, before, resize=None, for_teacher=True, device=device)
         teacher, t_slide = _timed(lambda: teacher_features(before, x, stride=stride).float())
         s0, t_single = _timed(lambda: before(x[None])[0].float())
         s1 = after(x[None])[0].float()

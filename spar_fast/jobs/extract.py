@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 
 from ..atomic import remove_temp_files
-from ..data.decode import DECODES, LEGACY_DECODE, decode_image
+from ..data.decode import DECODES, LEGACY_DECODE, decode_rgb
 from ..data.augment import (MIN_SIDE, MULTIPLE, VARIANTS, apply_augment, image_seed, normalize,
                             sample_augment)
 from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_image_size,
-                           list_images, load_image, read_image_size, regular_file)
+                           list_images, read_rgb, read_image_size, regular_file)
 from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
@@ -107,9 +107,9 @@ def _prepare(item: ImageItem, position: int, config: StoreConfig, max_pixels: in
         check_image_size(params.final_hw, max_pixels, what="augmented image")
         decode = config.decode
         if decode == LEGACY_DECODE:
-            img = load_image(item.path, max_pixels=max_pixels)
+            img = read_rgb(item.path, max_pixels=max_pixels)
         else:  # the same path training decodes with (spar_fast/data/decode.py)
-            img = decode_image(item.path, decode, "cuda" if decode == "nvjpeg" else "cpu")
+            img = decode_rgb(item.path, decode, "cuda" if decode == "nvjpeg" else "cpu")
     except (UserError, OSError) as exc:
         reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ImageLoadError) else str(exc)
         if isinstance(exc, OSError):

@@ -1,5 +1,6 @@
 """Image preparation: keep-ratio test resize (SPEC §5.1), normalization, and
-:func:`load_image`, the real-photo entry point of the API (``sf.load_image``).
+:func:`model_input`, the real-photo entry point of the API (``sf.model_input``; ``sf.load_image``
+is its deprecated name).
 
 The test resize fits the image into a (long, short) scale keeping its aspect ratio, with the
 rescale rule of SPEC §3.1: ``factor = min(max(scale) / max(H, W), min(scale) / min(H, W))``,
@@ -60,16 +61,17 @@ def prepare_image(image, mean, std, scale: tuple[int, int] | None = TEST_SCALE,
     return normalize(x, mean, std)
 
 
-def _to_uint8_rgb(src) -> np.ndarray | torch.Tensor:
-    """A path, PIL image, or ``[H, W, 3]`` / ``[H, W]`` uint8 array or tensor -> ``uint8 [H, W, 3]``."""
+def as_rgb(src) -> np.ndarray | torch.Tensor:
+    """A path, PIL image, or ``[H, W, 3]`` / ``[H, W]`` uint8 array or tensor -> ``uint8 [H, W, 3]``
+    (a missing path: one-line ``UserError``)."""
     import os
 
-    from ..data.images import load_image as decode
+    from ..data.images import read_rgb
 
     if isinstance(src, (str, os.PathLike)):
         if not os.path.isfile(src):
             raise UserError(f"image not found: {os.fspath(src)}")
-        return decode(src)
+        return read_rgb(src)
     if hasattr(src, "convert") and hasattr(src, "size"):  # a PIL image
         return np.asarray(src.convert("RGB"))
     if isinstance(src, (np.ndarray, torch.Tensor)) and src.ndim == 2:
@@ -87,8 +89,8 @@ def teacher_hw(height: int, width: int, patch: int, window: int) -> tuple[int, i
     return height // patch * patch, width // patch * patch
 
 
-def load_image(src, bb, resize: str | tuple[int, int] | None = "test", for_teacher: bool = False,
-               device=None) -> torch.Tensor:
+def model_input(src, bb, resize: str | tuple[int, int] | None = "test", for_teacher: bool = False,
+                device=None) -> torch.Tensor:
     """The normalized ``[3, H, W]`` float32 input of backbone ``bb`` for a real photo.
 
     ``src``: an image path, a PIL image, or a uint8 ``[H, W, 3]`` (or grey ``[H, W]``) numpy
@@ -105,7 +107,17 @@ def load_image(src, bb, resize: str | tuple[int, int] | None = "test", for_teach
     if resize is not None and resize != "test" and (isinstance(resize, str) or len(resize) != 2):
         raise UserError(f"resize must be 'test', a (long, short) scale or None, got {resize!r}")
     scale = None if resize is None else TEST_SCALE if resize == "test" else tuple(resize)
-    x = prepare_image(_to_uint8_rgb(src), bb.mean, bb.std, scale, device, min_side=bb.patch_size)
+    x = prepare_image(as_rgb(src), bb.mean, bb.std, scale, device, min_side=bb.patch_size)
     if for_teacher:  # bilinear commutes with the per-channel normalization
         x = resize_to(x, teacher_hw(x.shape[1], x.shape[2], bb.patch_size, bb.window))
     return x
+
+
+def load_image(src, bb, resize: str | tuple[int, int] | None = "test", for_teacher: bool = False,
+               device=None) -> torch.Tensor:
+    """Deprecated name of :func:`model_input` (same arguments, same result)."""
+    import warnings
+
+    warnings.warn("spar_fast.load_image is deprecated; use spar_fast.model_input (same arguments)",
+                  DeprecationWarning, stacklevel=2)
+    return model_input(src, bb, resize, for_teacher, device)

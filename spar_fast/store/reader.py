@@ -6,7 +6,7 @@ import os
 import torch
 
 from ..data.augment import apply_augment
-from ..data.images import load_image, printable_id
+from ..data.images import read_rgb, printable_id
 from ..errors import UserError
 from .codec import StoredTarget, read_stored_target
 from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, target_digest
@@ -131,4 +131,4 @@ class FeatureStore:
         if problem:
             raise UserError(f"{self.path}: {problem} for {image_id!r} ({printable_id(rec.source)}); "
                             "re-extract it with `spar-fast features`")
-        return apply_augment(load_image(rec.source, max_pixels=None), rec.augment)
+        return apply_augment(read_rgb(rec.source, max_pixels=None), rec.augment)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import AugmentParams, apply_augment, normalize
-from ..data.decode import EncodedImage, finish_decode, read_image
+from ..data.decode import EncodedImage, finish_decode, read_encoded
 from ..errors import UserError
 from ..data.images import printable_id
 from ..store.codec import StoredTarget
@@ -107,7 +107,7 @@ class StoreDataset(Dataset):
             raise UserError(f"{self.store_path}: {changed} for image {printable_id(rec.image_id)!r} "
                             f"({printable_id(rec.source)}); its target no longer matches, rerun "
                             "`spar-fast features` to recompute it")
-        image = read_image(rec.source, self.decode)
+        image = read_encoded(rec.source, self.decode)
         if self.stage == "cpu":
             image = augment_normalize(finish_decode([image], "cpu")[0], rec.augment, self.mean, self.std)
         return Sample(image, rec.augment, target, index)
