@@ -25,7 +25,7 @@ CLASSES = list(BUILTIN["ade20k"])
 
 @pytest.fixture(scope="module")
 def backbone(device):
-    return sf.Backbone.from_pretrained(BACKBONE, pretrained=False).to(device).eval()
+    return sf.Backbone.from_pretrained(BACKBONE, weights="random").to(device).eval()
 
 
 @pytest.fixture(scope="module")

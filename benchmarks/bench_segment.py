@@ -29,7 +29,7 @@ ROUNDS = pick(2, 5)
 
 @pytest.fixture(scope="module")
 def backbone(device):
-    return sf.Backbone.from_pretrained(BACKBONE, pretrained=False).to(device).eval()
+    return sf.Backbone.from_pretrained(BACKBONE, weights="random").to(device).eval()
 
 
 @pytest.mark.parametrize("variant", ["reference", "fast", "slide"])

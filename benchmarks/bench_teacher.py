@@ -37,7 +37,7 @@ ROUNDS = 1 if (QUICK or not ON_GPU) else 3
 
 @pytest.fixture(scope="module")
 def backbone(device):
-    return sf.Backbone.from_pretrained(BACKBONE, pretrained=False).to(device).eval()
+    return sf.Backbone.from_pretrained(BACKBONE, weights="random").to(device).eval()
 
 
 @pytest.mark.parametrize("variant", ["reference", "fast"])

@@ -58,7 +58,7 @@ def setup(tmp_path_factory):
     for i in range(N_IMAGES):  # fresh noise per image so JPEGs differ
         noisy = np.clip(np.asarray(photo).astype(np.int16) + rng.integers(-8, 9, (*SOURCE_HW, 3)), 0, 255)
         Image.fromarray(noisy.astype(np.uint8)).save(root / "img" / f"{i:03d}.jpg", quality=90)
-    bb = sf.Backbone.from_pretrained(BACKBONE, pretrained=False)
+    bb = sf.Backbone.from_pretrained(BACKBONE, weights="random")
 
     def teacher(image):
         h, w = bb.grid(image.shape[1], image.shape[2])

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     name = args.backbone or ("siglip2-b16-512" if device.type == "cuda" else "siglip2-tiny")
-    bb = sf.Backbone.from_pretrained(name, pretrained=False).to(device).eval()
+    bb = sf.Backbone.from_pretrained(name, weights="random").to(device).eval()
     run = CASES[args.case](bb, device, args.size, args.stride)
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     h, w = map(int, args.size.split("x"))
     torch.manual_seed(0)
-    bb = sf.Backbone.from_pretrained(args.backbone, pretrained=False).eval()
+    bb = sf.Backbone.from_pretrained(args.backbone, weights="random").eval()
     photo = np.array(Image.fromarray(data.astronaut()).resize((w, h), Image.BICUBIC))
     x = normalize(torch.from_numpy(photo).permute(2, 0, 1).float() / 255, bb.mean, bb.std)
     with torch.no_grad():

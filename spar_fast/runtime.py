@@ -165,13 +165,16 @@ class Weights:
         return cls.parse(pretrained)
 
     @classmethod
-    def of(cls, value) -> "Weights":
-        """Any accepted spelling: a ``Weights``, a string or path (:meth:`parse`), or the older
-        ``True`` / ``False`` / ``None`` of ``pretrained=`` (:meth:`from_pretrained_arg`); this is
-        also how a store's recorded weights (old or new form) are read back."""
-        if value is None or isinstance(value, bool):
-            return cls.from_pretrained_arg(value)
-        return cls.parse(value)
+    def deprecated_keyword(cls, keywords: dict, where: str) -> "Weights":
+        """``{"pretrained": value}``, the older keyword of public calls: its weights, with a
+        one-line ``DeprecationWarning``; any other keyword is a ``TypeError``."""
+        unknown = sorted(set(keywords) - {"pretrained"})
+        if unknown:
+            raise TypeError(f"{where}() got unexpected keyword argument(s): {', '.join(unknown)}")
+        chosen = cls.from_pretrained_arg(keywords["pretrained"])
+        warnings.warn(f"{where}(pretrained=...) is deprecated; use weights={str(chosen)!r}",
+                      DeprecationWarning, stacklevel=3)
+        return chosen
 
     def identity(self) -> str:
         """A string that changes whenever the weights may change: ``hub``, ``random:SEED`` or

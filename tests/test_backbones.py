@@ -29,7 +29,7 @@ def assert_features_close(out, ref, rel):
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return {n: sf.Backbone.from_pretrained(n, pretrained=False) for n in ("siglip2-tiny", "openclip-tiny")}
+    return {n: sf.Backbone.from_pretrained(n, weights="random") for n in ("siglip2-tiny", "openclip-tiny")}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def b16():
                       no_causal_mask=True, proj_bias=True, pool_type="last")
     siglip = open_clip.create_model("ViT-B-16-SigLIP2-512", pretrained=None, text_cfg=small_text).eval()
     return {"siglip2-b16-512": sf.Backbone.from_open_clip(siglip, name="siglip2-b16-512"),
-            "openclip-b16": sf.Backbone.from_pretrained("openclip-b16", pretrained=False)}
+            "openclip-b16": sf.Backbone.from_pretrained("openclip-b16", weights="random")}
 
 
 def test_tiny_attributes(tiny):
@@ -71,12 +71,12 @@ def test_block_param_prefix(tiny):
 
 def test_unknown_name_lists_known():
     with pytest.raises(UserError, match="siglip2-b16-512.*openclip-tiny"):
-        sf.Backbone.from_pretrained("no-such-model", pretrained=False)
+        sf.Backbone.from_pretrained("no-such-model", weights="random")
 
 
 def test_raw_open_clip_name_and_from_open_clip():
     registry.ensure_registered()
-    bb = sf.Backbone.from_pretrained("SPAR-Tiny-OpenCLIP", pretrained=False)
+    bb = sf.Backbone.from_pretrained("SPAR-Tiny-OpenCLIP", weights="random")
     assert bb.family == "openclip" and bb.name == "openclip-tiny"
     model = open_clip.create_model("SPAR-Tiny-Sig2", pretrained=None)
     wrapped = sf.Backbone.from_open_clip(model, name="siglip2-tiny")
@@ -94,10 +94,10 @@ def test_pretrained_true_offline_message(monkeypatch):
         raise OSError("network unreachable")
     monkeypatch.setattr(open_clip.factory, "download_pretrained", no_network)
     with pytest.raises(UserError, match="--weights PATH.*--weights random") as info:
-        sf.Backbone.from_pretrained("openclip-b16", pretrained=True)
+        sf.Backbone.from_pretrained("openclip-b16", weights="hub")
     assert "\n" not in str(info.value)
     with pytest.raises(UserError, match="no hub weights"):
-        sf.Backbone.from_pretrained("siglip2-tiny", pretrained=True)
+        sf.Backbone.from_pretrained("siglip2-tiny", weights="hub")
 
 
 def test_text(tiny):
@@ -195,7 +195,8 @@ def test_autocast_bf16(tiny, name):
 
 
 def test_weights_vocabulary_and_weights_id(tmp_path, caplog):
-    """hub | random[:SEED] | PATH, the older pretrained=, and weights_id naming what was loaded."""
+    """hub | random[:SEED] | PATH, the older pretrained= (deprecated), and weights_id naming what
+    was loaded."""
     import logging
 
     from spar_fast.backbones import save_weights
@@ -209,7 +210,8 @@ def test_weights_vocabulary_and_weights_id(tmp_path, caplog):
     assert not torch.equal(state_a["visual.trunk.blocks.0.attn.qkv.weight"],
                            c.model.state_dict()["visual.trunk.blocks.0.attn.qkv.weight"])
     assert (a.weights_id, c.weights_id) == ("random:3", "random:4")
-    assert sf.Backbone.from_pretrained("siglip2-tiny", pretrained=False).weights_id == "random:0"
+    with pytest.warns(DeprecationWarning, match="use weights="):
+        assert sf.Backbone.from_pretrained("siglip2-tiny", pretrained=False).weights_id == "random:0"
     assert sf.Backbone.from_open_clip(a.model).weights_id is None
     path = tmp_path / "w.safetensors"
     save_weights(a.model, path)

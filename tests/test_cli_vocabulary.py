@@ -103,7 +103,8 @@ def test_training_options_generated_from_config(capsys):
         assert "(default: 2e-05)" in text and "(default: blk_-1,blk_-2)" in text
         args = build_parser().parse_args([command, "x", "--out", "y"])
         assert config_from_args(args) == TrainConfig()
-    assert TrainConfig().replace(pretrained=False).weights == "random:0"
+    with pytest.raises(UserError, match="unknown training option"):  # the older pretrained=: CLI only
+        TrainConfig().replace(pretrained=False)
     with pytest.raises(UserError, match="unknown training option"):
         TrainConfig().replace(learning_rate=1.0)
 
@@ -141,7 +142,7 @@ def test_random_store_then_train_without_init_file(tmp_path, photos, capsys):
     from spar_fast.train import checkpoint as ckpt
 
     store = str(tmp_path / "store")
-    extract_features(photos, store, backbone="siglip2-tiny", pretrained="random:3", augment="none",
+    extract_features(photos, store, backbone="siglip2-tiny", weights="random:3", augment="none",
                      device="cpu", progress=False, workers=0)
     assert FeatureStore(store).config.weights == "random:3"
     run = str(tmp_path / "run")

@@ -49,7 +49,7 @@ def perturbed(bb):
 
 @pytest.fixture(scope="module")
 def bb():
-    return perturbed(Backbone.from_pretrained(NAME, pretrained="random:1"))
+    return perturbed(Backbone.from_pretrained(NAME, weights="random:1"))
 
 
 def test_attributes(bb):
@@ -255,24 +255,24 @@ def test_checkpoint_formats(bb, tmp_path):
     torch.save({"state_dict": {f"segmentor.net.model.{k}": v for k, v in bb.model.state_dict().items()}},
                lightning)
     for path in (st, lightning):
-        other = Backbone.from_pretrained(NAME, pretrained=path)
+        other = Backbone.from_pretrained(NAME, weights=path)
         with torch.no_grad():
             assert torch.equal(other(img[None])[0], want)
     (bpath, hpath), _, _ = official_files(bb, str(tmp_path))
     out = str(tmp_path / "combined.safetensors")
     convert_official(bpath, hpath, out, name=NAME)
     with torch.no_grad():
-        assert torch.equal(Backbone.from_pretrained(NAME, pretrained=out)(img[None])[0], want)
+        assert torch.equal(Backbone.from_pretrained(NAME, weights=out)(img[None])[0], want)
     assert convert_main([bpath, str(tmp_path / "missing.pth"), out]) == 2
     bad = {k: v for k, v in bb.model.state_dict().items() if not k.startswith("visual_model.backbone.blocks.1.")}
     torch.save(bad, str(tmp_path / "bad.pth"))
     with pytest.raises(UserError, match="missing.*visual_model.backbone.blocks.1"):
-        Backbone.from_pretrained(NAME, pretrained=str(tmp_path / "bad.pth"))
+        Backbone.from_pretrained(NAME, weights=str(tmp_path / "bad.pth"))
 
 
 def test_hub_is_a_one_line_error():
     with pytest.raises(UserError, match="DINOv3 licence.*--weights") as err:
-        Backbone.from_pretrained("dinov3txt-l16", pretrained=True)
+        Backbone.from_pretrained("dinov3txt-l16", weights="hub")
     assert "\n" not in str(err.value)
 
 
@@ -312,8 +312,8 @@ def test_train_steps(tmp_path):
 
     store, init = make_tiny_store(str(tmp_path), backbone=NAME, sizes=[(64, 64), (60, 90)])
     out = train(store, str(tmp_path / "run"), epochs=1, progress=False, device="cpu")
-    trained = Backbone.from_pretrained(NAME, pretrained=out)
-    start = Backbone.from_pretrained(NAME, pretrained=init)
+    trained = Backbone.from_pretrained(NAME, weights=out)
+    start = Backbone.from_pretrained(NAME, weights=init)
     changed = [n for (n, a), b in zip(trained.model.named_parameters(), start.model.parameters())
                if not torch.equal(a, b)]
     assert changed and all(n.startswith(("visual_model.backbone.blocks.1.", "visual_model.backbone.blocks.2."))

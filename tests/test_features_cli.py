@@ -58,7 +58,7 @@ def test_real_teacher_targets_match_direct_call(tmp_path):
     from spar_fast.teacher import teacher_features
 
     torch.manual_seed(0)
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False).eval()
+    bb = Backbone.from_pretrained("siglip2-tiny", weights="random").eval()
     images = tmp_path / "img"
     images.mkdir()
     rng = np.random.default_rng(2)

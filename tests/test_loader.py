@@ -136,7 +136,7 @@ def test_device_stage_equals_cpu_stage(jpeg_store):
     CPU here both run the same ops in the same order: bit-equal)."""
     from spar_fast.backbones import Backbone
 
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights="random")
     cpu = torch.device("cpu")
     out = {}
     # the device stage through a worker process: mapped target views and bytes cross processes

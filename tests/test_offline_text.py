@@ -79,7 +79,7 @@ def hf_tiny(tmp_path_factory, monkeypatch):
 def tiny_weights_file(tmp_path, name="siglip2-tiny") -> str:
     """A weights file (real weights as far as spar_fast can tell) of a tiny backbone."""
     from safetensors.torch import save_file
-    bb = sf.Backbone.from_pretrained(name, pretrained=False)
+    bb = sf.Backbone.from_pretrained(name, weights="random")
     path = tmp_path / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in bb.model.state_dict().items()}, path)
     return str(path)
@@ -213,7 +213,7 @@ def test_api_queries_and_tokenizer(tmp_path):
     from open_clip.tokenizer import default_bpe
 
     from spar_fast.segmentation.query_file import compute_query_set, save_query_set
-    bb = sf.Backbone.from_pretrained("openclip-tiny", pretrained=False).eval()
+    bb = sf.Backbone.from_pretrained("openclip-tiny", weights="random").eval()
     image = torch.randn(3, 48, 80)
     want = sf.segment(bb, image, ["sky, cloud", "road"])
     save_query_set(compute_query_set(bb, ["sky, cloud", "road"]), tmp_path / "q.safetensors")

@@ -26,7 +26,7 @@ def close(a, b, rel=2e-5):
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(1)
-    return {n: sf.Backbone.from_pretrained(n, pretrained=False) for n in NAMES}
+    return {n: sf.Backbone.from_pretrained(n, weights="random") for n in NAMES}
 
 
 def _images():

@@ -136,7 +136,7 @@ OFFICIAL_SAMPLE = BUILTIN["voc21"][14:16] + BUILTIN["voc21"][20:] + BUILTIN["con
     pytest.param("siglip2-tiny", BUILTIN["context60"], marks=pytest.mark.slow),
 ])
 def test_official_class_file_bit_exact(tmp_path, name, lines):
-    bb = sf.Backbone.from_pretrained(name, pretrained=False).eval()
+    bb = sf.Backbone.from_pretrained(name, weights="random").eval()
     path = tmp_path / "cls.txt"
     path.write_text("\n".join(lines))  # as the official files (byte for byte for a full list)
     want = reference_queries(bb.model, bb.tokenizer, path)

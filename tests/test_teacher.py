@@ -79,7 +79,7 @@ def test_teacher_4096_image_in_bounded_batches():
     """A 4096² image (4,096 windows of the tiny SigLIP2-family model) runs window batch by window
     batch: no forward ever sees more than ``batch_size`` windows, so memory is one batch plus the
     canvas whatever the number of windows."""
-    bb = sf.Backbone.from_pretrained("siglip2-tiny", pretrained=False).eval()
+    bb = sf.Backbone.from_pretrained("siglip2-tiny", weights="random").eval()
     seen = []
     bb.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
     image = torch.randn(3, 4096, 4096)

@@ -23,7 +23,7 @@ REFERENCE_FORWARD = {"siglip2": siglip2_reference, "openclip": openclip_referenc
 @pytest.fixture(scope="module", params=list(CASES))
 def backbone(request):
     torch.manual_seed(0)
-    return sf.Backbone.from_pretrained(request.param, pretrained=False).eval()
+    return sf.Backbone.from_pretrained(request.param, weights="random").eval()
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -31,7 +31,7 @@ def make_tiny_store(root, backbone="siglip2-tiny", sizes=SIZES, seed=0):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(root, "img", f"{i}.png"))
     init = f"random:{seed}"
     store = os.path.join(root, "store")
-    extract_features(os.path.join(root, "img"), store, backbone=backbone, pretrained=init,
+    extract_features(os.path.join(root, "img"), store, backbone=backbone, weights=init,
                      augment="none", device="cpu", progress=False, workers=0)
     return store, init
 
@@ -245,7 +245,7 @@ def test_skip_nonfinite_equals_training_without_the_bad_image(poisoned, tmp_path
         final = train(store, str(run), epochs=1, skip_nonfinite=True, log_every=2, device="cpu",
                       num_workers=0, progress=False)
     assert json.load(open(run / "summary.json"))["skipped_images"] == 1
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=init)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights=init)
     n = bb.num_blocks
     names = [k for k, _ in bb.model.named_parameters()
              if k.startswith((bb.block_param_prefix(n - 1), bb.block_param_prefix(n - 2)))]
@@ -290,7 +290,7 @@ def _step_setup(device, skip_nonfinite=False):
     from spar_fast.train.unfreeze import apply_unfreeze
 
     torch.manual_seed(0)
-    bb = Backbone.from_pretrained("siglip2-tiny", pretrained=False)
+    bb = Backbone.from_pretrained("siglip2-tiny", weights="random")
     trainable = apply_unfreeze("blk_-1", bb)
     bb.to(device).train()
     params = [p for p in bb.model.parameters() if p.requires_grad]

@@ -8,7 +8,7 @@ from spar_fast.train.unfreeze import apply_unfreeze, resolve_unfreeze
 
 @pytest.fixture(scope="module", params=["siglip2-tiny", "openclip-tiny"])
 def bb(request):
-    return Backbone.from_pretrained(request.param, pretrained=False)
+    return Backbone.from_pretrained(request.param, weights="random")
 
 
 def _names(bb):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from attention_checks import check_against_reference, cu_of, fresh_seed, inputs
+from backends import backend_params
 from spar_fast.errors import UserError
 from spar_fast.ops import varlen_attention, varlen_attention_reference
 
@@ -42,23 +43,57 @@ def test_fp32_skips_the_half_only_backends():
         assert table.impls[backend].accepts(q16) is None
 
 
-def test_reference_gradients_through_the_dispatcher(monkeypatch):
-    monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", "torch")
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+HALF_ONLY = ("torch_varlen", "flash_attn")
+
+
+def _other_backends():
+    """Every implementation but the reference that can run here (triton: under the interpreter on
+    CPU; torch_varlen / flash_attn: on a GPU). Each is forced through the op table and compared
+    with the reference, so these checks test code other than the reference itself."""
+    names = [name for name, impl in va_module.VARLEN_ATTENTION.impls.items()
+             if name != "torch" and impl.available(DEVICE)]
+    return backend_params(*names) or [pytest.param(None, marks=pytest.mark.skip(
+        reason="no implementation but the reference can run here"))]
+
+
+def _force(monkeypatch, backend: str, q: torch.Tensor) -> None:
+    monkeypatch.setenv("SPAR_FAST_BACKEND_VARLEN_ATTENTION", backend)
+    assert va_module.implementation(q) == backend  # the dispatch runs what was forced
+
+
+@pytest.mark.parametrize("backend", _other_backends())
+def test_gradients_through_the_dispatcher(monkeypatch, backend):
     seed = fresh_seed()
     lengths = [7, 1, 12]
-    cu = cu_of(lengths)
-    q, k, v, do = inputs(lengths, 2, 16, torch.float32)
+    cu = cu_of(lengths).to(DEVICE)
+    dtype = torch.float16 if backend in HALF_ONLY else torch.float32
+    q, k, v, do = (t.to(DEVICE) for t in inputs(lengths, 2, 16, dtype))
+    _force(monkeypatch, backend, q)
     fn = lambda a, b, c: varlen_attention(a, b, c, cu, max(lengths))  # noqa: E731
     check_against_reference(fn, q, k, v, do, cu, seed)
 
 
-def test_public_function_matches_reference_and_validates():
+@pytest.mark.parametrize("backend", _other_backends())
+def test_public_function_matches_reference_and_validates(monkeypatch, backend):
+    fresh_seed()
+    lengths = [3, 1, 8]
+    dtype = torch.float16 if backend in HALF_ONLY else torch.float32
+    q, k, v, _ = (t.to(DEVICE) for t in inputs(lengths, 2, 32, dtype))
+    cu64 = cu_of(lengths).long().to(DEVICE)
+    _force(monkeypatch, backend, q)
+    out = varlen_attention(q, k, v, cu64)  # int64 cu_seqlens and no max_seqlen are accepted
+    want = varlen_attention_reference(q.double(), k.double(), v.double(), cu64).to(dtype)
+    # fp32: tf32-free accumulation in another order; fp16: a few units of the last place
+    tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(out, want, **tol)
+
+
+def test_public_function_validates():
     fresh_seed()
     lengths = [3, 1, 8]
     q, k, v, _ = inputs(lengths, 2, 32, torch.float32)
     cu64 = cu_of(lengths).long()
-    out = varlen_attention(q, k, v, cu64)  # int64 cu_seqlens and no max_seqlen are accepted
-    torch.testing.assert_close(out, varlen_attention_reference(q, k, v, cu64))
     with pytest.raises(ValueError, match="same|share"):
         varlen_attention(q, k[:5], v, cu64)
     with pytest.raises(ValueError, match="rise from 0"):

@@ -60,11 +60,11 @@ def test_round_trip_every_format(source, tmp_path):
 def test_from_pretrained_path(source, tmp_path):
     path = tmp_path / "student.safetensors"
     save_weights(source, path)
-    bb = sf.Backbone.from_pretrained("openclip-tiny", pretrained=str(path))
+    bb = sf.Backbone.from_pretrained("openclip-tiny", weights=str(path))
     assert_same(bb.model, source)
     assert not bb.training
     with pytest.raises(UserError, match="weights file not found"):
-        sf.Backbone.from_pretrained("openclip-tiny", pretrained=str(tmp_path / "nope.pt"))
+        sf.Backbone.from_pretrained("openclip-tiny", weights=str(tmp_path / "nope.pt"))
 
 
 def test_mismatch_names_keys_and_counts(source, tmp_path):

@@ -20,7 +20,6 @@ from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
 
 log = logging.getLogger(__name__)
-_UNSET = object()  # "pretrained= not given" (None is one of its older values)
 
 
 def _create_seeded(create_model, open_clip_name: str, seed: int) -> nn.Module:
@@ -81,19 +80,19 @@ class Backbone(nn.Module):
         return cls(model, name=name, open_clip_name=open_clip_name)
 
     @classmethod
-    def from_pretrained(cls, name: str, weights="hub", device=None, trusted: bool = False, *,
-                        pretrained=_UNSET) -> "Backbone":
+    def from_pretrained(cls, name: str, weights="hub", device=None, trusted: bool = False,
+                        **deprecated) -> "Backbone":
         """Build through open_clip with ``weights``: ``"hub"`` (the published weights, needs the
         network once), ``"random"`` / ``"random:SEED"`` (a seeded random init, the same in every
         process), a local checkpoint path (any format of
         :func:`spar_fast.backbones.weights.load_weights`; ``trusted`` allows full unpickling) or a
-        :class:`spar_fast.runtime.Weights`. The older ``pretrained=True | False | PATH`` is still
-        accepted (False means ``random:0``). Sets ``weights_id`` (:meth:`Weights.identity`)."""
+        :class:`spar_fast.runtime.Weights`. Sets ``weights_id`` (:meth:`Weights.identity`). The
+        older ``pretrained=True | False | PATH`` still works, with a deprecation warning."""
         import open_clip
 
         from .weights import load_weights
 
-        chosen = Weights.of(weights if pretrained is _UNSET else pretrained)
+        chosen = Weights.parse(weights) if not deprecated else Weights.deprecated_keyword(deprecated, "from_pretrained")
         entry = registry.resolve(name)
         if entry.family == "dinov3txt":
             return cls._from_dinov3txt_weights(name, chosen, device, trusted)

@@ -184,7 +184,7 @@ class DinoTxtTower:
 def build_dinov3txt(name: str, weights=None, trusted: bool = False) -> DinoTxt:
     """A :class:`DinoTxt` of config ``name``. ``weights``: a ``spar_fast.runtime.Weights`` (random
     with its seed, or a file holding the full state dict; ``hub``: one-line UserError), or None
-    for a random initialization from the global RNG (the older ``pretrained=False``)."""
+    for a random initialization from the global RNG."""
     from .weights import load_state_dict_strict, read_state_dict
 
     config = DinoTxtConfig.load(name)

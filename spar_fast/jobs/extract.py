@@ -180,18 +180,10 @@ def _validate(augment, dtype, seed, shard_size, limit, max_pixels):
             raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _weights(weights, pretrained) -> Weights:
-    if weights is not None and pretrained is not None:
-        raise UserError("pass weights= or the older pretrained=, not both")
-    if weights is not None:
-        return Weights.parse(weights)
-    return Weights.from_pretrained_arg(True if pretrained is None else pretrained)
-
-
-def extract_features(images, store_path, backbone="siglip2-b16-512", weights=None, stride=24,
+def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hub", stride=24,
                      augment="default", dtype="fp16", device=None, seed=0, shard_size=32,
                      teacher_fn=None, progress=True, limit=None, workers=None,
-                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None, decode=LEGACY_DECODE) -> dict:
+                     max_pixels=DEFAULT_MAX_PIXELS, decode=LEGACY_DECODE) -> dict:
     """Compute teacher targets for ``images`` into the feature store at ``store_path``.
 
     Args:
@@ -199,9 +191,8 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
             (:func:`spar_fast.data.list_images`); ``limit`` keeps the first ``limit``. Images
             the store already holds (same id) are kept; the others are appended.
         backbone: a registry name, loaded with ``weights`` (``hub`` (default), ``random[:SEED]``
-            or a file; :class:`spar_fast.runtime.Weights`; the older ``pretrained=`` True /
-            False / path is accepted too), or a Backbone object (``patch_size``, ``window``,
-            ``feature_dim``, ``mean``, ``std``).
+            or a file; :class:`spar_fast.runtime.Weights`), or a Backbone object
+            (``patch_size``, ``window``, ``feature_dim``, ``mean``, ``std``).
         stride (:func:`check_stride`), augment ("default" | "extended" | "none"), dtype ("fp16" |
             "bf16" | "fp32"), seed, shard_size: recorded in ``store.json``; a rerun with other
             values is an error.
@@ -228,7 +219,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
     device = resolve_device(device, local_rank if world > 1 else None)
     items = list_images(images)
     items = [ImageItem(it.id, os.path.abspath(it.path)) for it in (items[:limit] if limit else items)]
-    bb, name, recorded_weights = _backbone(backbone, _weights(weights, pretrained), device)
+    bb, name, recorded_weights = _backbone(backbone, Weights.parse(weights), device)
     check_stride(stride, int(bb.window), int(bb.patch_size))
     if teacher_fn is None:
         from ..teacher import teacher_features

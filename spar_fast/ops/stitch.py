@@ -8,21 +8,18 @@ canvas ``[Hc, Wc]`` gets +1 over the same cells. :func:`stitch_finalize` divides
 
 Two ops of the table (``spar_fast._backend``), each "validate, then dispatch":
 * ``stitch`` (:func:`upsample_stitch_`): ``cpp`` (``csrc/stitch_cpu.cpp``, phase-class
-  algorithm), ``cuda`` (``csrc/stitch_cuda.cu``, deterministic gather), ``torch`` (the reference
-  fold). One GPU stitch only: the CUDA gather is compiled ahead of time, deterministic and needs
-  no Triton on the GPU machine; a Triton twin of the same gather was removed because no GPU
-  measurement showed a reason to keep two (docs/DESIGN.md).
+  algorithm), ``cuda`` (``csrc/stitch_cuda.cu``, deterministic gather, compiled ahead of time, no
+  Triton needed on the GPU machine), ``torch`` (the reference fold, a loop over windows).
 * ``stitch_finalize``: ``cpp`` (divide and resize fused in one pass) and ``torch``.
 Compiled kernels interpolate in fp32 from fp32 / fp16 / bf16 features with the host taps of
 ``spar_fast.ops.bilinear``; they sum overlapping windows in another order than the reference, so
 they agree with it to rounding, not bit for bit.
 
-Automatic order on CPU: ``cpp``, then the reference. Without ``_C`` the reference loop is the
-fallback: the vectorized torch alternative (chunked interpolate + ``index_add_``) was measured
-here (2-core CPU, 1 thread, fp16 windows of 256 px, 512x768 image, 276 windows, medians of 5):
-C=64 loop 76 ms vs vectorized 45 ms; C=384 loop 375 ms vs vectorized 702 ms. Real widths are
-384-1024, where the loop wins, so the vectorized path was removed. GPU order (``cuda``, then the
-reference) is unmeasured: no GPU was available.
+Automatic order on CPU: ``cpp``, then the reference; GPU: ``cuda``, then the reference
+(unmeasured: no GPU was available). The reference loop over windows is also the fallback without
+``_C``: at real widths (C = 384-1024) it beats a vectorized fold (chunked interpolate +
+``index_add_``), measured on 2 CPU cores, 1 thread, fp16 windows of 256 px, 512x768 image, 276
+windows, medians of 5: C=64 loop 76 ms vs vectorized 45 ms; C=384 loop 375 ms vs 702 ms.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..runtime import autocast
+from ..runtime import autocast, precision_or_amp
 from ..ops.stitch import stitch_finalize, upsample_stitch_
 from .window_plan import WindowPlan, plan_windows
 
@@ -44,7 +44,8 @@ def iter_window_batches(image: torch.Tensor, plan: WindowPlan, batch_size: int):
 
 @torch.no_grad()
 def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int | None = None,
-                     amp: str | None = "auto", progress: bool = False) -> torch.Tensor:
+                     precision: str | None = None, progress: bool = False, *,
+                     amp: str | None = None) -> torch.Tensor:
     """Stitched sliding-window features of one image.
 
     Args:
@@ -54,12 +55,13 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
         stride: window stride in pixels (24 in SPAR).
         batch_size: windows per forward (default: 65k tokens on GPU — 64 SigLIP2 windows —,
             4k tokens on CPU).
-        amp: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16" (the reference's autocast) or
-            "fp32"/None.
+        precision: "auto"/None (default; bf16 on GPU, fp32 on CPU), "bf16", "fp16" (the
+            reference's autocast) or "fp32" (``amp=``: its older, deprecated spelling).
     Returns:
         ``[H / P, W / P, C]`` fp32 on the image's device.
     """
     check_image(image)
+    precision = precision_or_amp(precision, amp, "teacher_features")
     _, height, width = image.shape
     plan = plan_windows(height, width, bb.window, stride, bb.patch_size)
     device = image.device
@@ -74,7 +76,7 @@ def teacher_features(bb, image: torch.Tensor, stride: int = 24, batch_size: int 
                        desc=f"teacher {height}x{width}")
     done = 0
     for windows, _ in batches:
-        with autocast(device, amp or "fp32"):
+        with autocast(device, precision):
             feats = bb(windows)
         n = feats.shape[0]
         upsample_stitch_(canvas, count, feats, origins[done:done + n], plan.r)

@@ -68,15 +68,12 @@ class TrainConfig:
         if self.tokens_per_step is None:  # the older spelling of "no packing"
             object.__setattr__(self, "tokens_per_step", 0)
         if self.weights is not None:  # canonical spelling, checked (a file must exist)
-            object.__setattr__(self, "weights", str(Weights.of(self.weights)))
+            object.__setattr__(self, "weights", str(Weights.parse(self.weights)))
         check_fields(self)
 
     def replace(self, **changes) -> "TrainConfig":
-        """A copy with ``changes`` (checked); the older ``pretrained=`` maps to ``weights``;
-        an unknown name is a one-line error listing the known ones."""
-        if "pretrained" in changes:
-            pretrained = changes.pop("pretrained")  # None: the store's, as before
-            changes["weights"] = None if pretrained is None else str(Weights.from_pretrained_arg(pretrained))
+        """A copy with ``changes`` (checked); an unknown name is a one-line error listing the
+        known ones."""
         if "num_workers" in changes:  # the older name of ``workers``
             changes["workers"] = changes.pop("num_workers")
         known = {f.name for f in dataclasses.fields(self)}

@@ -79,9 +79,10 @@ def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrid
 def _store_weights(store: str, store_cfg: StoreConfig) -> str:
     """The teacher weights a store records, canonical (new ``weights`` strings and the older
     ``pretrained`` True / False / None / path forms)."""
-    recorded = store_cfg.extra.get("pretrained") if store_cfg.weights is None else store_cfg.weights
     try:
-        return str(Weights.of(recorded))
+        if store_cfg.weights is None:  # a store of an older version: its pretrained record
+            return str(Weights.from_pretrained_arg(store_cfg.extra.get("pretrained")))
+        return str(Weights.parse(store_cfg.weights))
     except UserError as exc:
         raise UserError(f"the store {store} records teacher weights that cannot be used ({exc}); "
                         "pass --weights hub|random[:SEED]|PATH") from None
