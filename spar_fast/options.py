@@ -1,17 +1,15 @@
-"""Options declared once: dataclass fields that carry their help text and range check, turned into
-``argparse`` options and checked in one place.
+"""Options declared once: dataclass fields that carry their help text and range check, checked
+in one place.
 
 A config dataclass declares each option with :func:`option`; its ``__post_init__`` calls
-:func:`check_fields`, so the API, the CLI and a resumed run all go through the same checks.
-:func:`add_options` adds one ``--field-name`` per field (``cli=False`` fields are left to the
-command) and :func:`from_args` builds the config from the parsed arguments. The range checks
-(:func:`at_least`, :func:`finite_above`, :func:`in_range`, ...) are also argparse types through
-:func:`arg_type`, for options that are not config fields. Every failure is one line
+:func:`check_fields`, so the API, the CLI and a resumed run all go through the same checks. The
+commands turn the fields into flags (``spar_fast.commands.config_args``: ``add_options``,
+``from_args``), and the range checks (:func:`at_least`, :func:`finite_above`, :func:`in_range`,
+...) into argparse types (``arg_type``). Every failure is one line
 (:class:`spar_fast.errors.UserError`; the CLI prints it and exits 2).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 
@@ -87,45 +85,3 @@ def in_range(low: float, high: float):
 def finite(value) -> str | None:
     """Check: any finite number."""
     return _not_number(value)
-
-
-def arg_type(kind, check):
-    """An argparse ``type``: ``kind(text)`` then ``check``; errors are argparse's one line."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        problem = check(value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def flag_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def add_options(parser: argparse.ArgumentParser, config_cls, title: str) -> None:
-    """One option per CLI field of ``config_cls``, defaults from the dataclass, in a group."""
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(config_cls):
-        meta = f.metadata
-        if not meta.get("cli", False):
-            continue
-        if isinstance(f.default, bool):
-            group.add_argument(meta.get("flag") or flag_name(f.name), dest=f.name,
-                               action="store_false" if f.default else "store_true", help=meta["help"])
-            continue
-        kind = meta.get("kind") or type(f.default)
-        group.add_argument(flag_name(f.name), dest=f.name, type=kind, default=f.default,
-                           choices=meta.get("choices"), help=meta["help"])
-
-
-def from_args(config_cls, args: argparse.Namespace, **extra):
-    """``config_cls`` from the parsed options of :func:`add_options` plus ``extra`` fields."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
-              if f.metadata.get("cli", False) and hasattr(args, f.name)}
-    return config_cls(**values, **extra)

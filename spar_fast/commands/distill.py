@@ -3,7 +3,8 @@ from __future__ import annotations
 
 
 def add_parser(subparsers) -> None:
-    from ..options import add_options, arg_type, at_least
+    from ..options import at_least
+    from .config_args import add_options, arg_type
     from ..store.codec import TARGET_DTYPES
     from ..train.config import TrainConfig
     from .args import add_backbone, add_weights

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import arg_type, at_least, finite, finite_above, in_range
+from ..options import at_least, finite, finite_above, in_range
+from .config_args import arg_type
 from ..segmentation.preprocess import TEST_SCALE
 from .args import add_backbone, add_device, add_weights
 

@@ -5,7 +5,7 @@ TRAINING = "training (defaults: the reference recipe, SPEC §4)"
 
 
 def add_parser(subparsers) -> None:
-    from ..options import add_options
+    from .config_args import add_options
     from ..train.config import TrainConfig
     from .args import add_backbone, add_weights
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 def config_from_args(args, **fields):
     """The :class:`TrainConfig` of parsed ``train`` / ``distill`` options."""
-    from ..options import from_args
+    from .config_args import from_args
     from ..runtime import resolve_device
     from ..train.config import TrainConfig
 
