@@ -17,7 +17,7 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -76,14 +76,15 @@ def check_stride(stride: int, window: int, patch: int) -> None:
                         f"cells; use a multiple of {patch // MAX_UPSAMPLE} (patch {patch})")
 
 
-def _store_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode) -> StoreConfig:
+def _store_config(bb, name, weights, opts: "ExtractOptions") -> StoreConfig:
     multiple = math.lcm(MULTIPLE, int(bb.patch_size))
     min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
-    return StoreConfig(backbone=name, weights=weights, stride=stride, augment=augment, dtype=dtype,
-                       seed=seed, shard_size=shard_size, patch_size=int(bb.patch_size),
-                       window=int(bb.window), feature_dim=int(bb.feature_dim),
-                       mean=tuple(float(v) for v in bb.mean), std=tuple(float(v) for v in bb.std),
-                       min_side=min_side, multiple=multiple, decode=decode)
+    return StoreConfig(backbone=name, weights=weights, stride=opts.stride, augment=opts.augment,
+                       dtype=opts.dtype, seed=opts.seed, shard_size=opts.shard_size,
+                       patch_size=int(bb.patch_size), window=int(bb.window),
+                       feature_dim=int(bb.feature_dim), mean=tuple(float(v) for v in bb.mean),
+                       std=tuple(float(v) for v in bb.std), min_side=min_side, multiple=multiple,
+                       decode=opts.decode)
 
 
 class _Prepared:
@@ -167,43 +168,60 @@ def _compute_chunk(chunk: Chunk, config: StoreConfig, teacher_fn, device, worker
     return records, tensors
 
 
-def _validate(augment, dtype, seed, shard_size, limit, max_pixels):
-    if augment not in VARIANTS:
-        raise UserError(f"augment must be one of {', '.join(VARIANTS)}, got {augment!r}")
-    if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or value < low:
-            raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("limit", limit), ("max_pixels", max_pixels)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
+@dataclass(frozen=True)
+class ExtractOptions:
+    """The settings of a features run. Recorded in ``store.json`` (a rerun with other values is
+    an error): ``stride`` (:func:`check_stride`), ``augment`` ("default" | "extended" | "none"),
+    ``dtype`` ("fp16" | "bf16" | "fp32" | "fp8_e4m3"), ``seed``, ``shard_size`` (images per
+    chunk), ``decode`` (image decode path "pil" | "torchvision" | "nvjpeg", docs/DATAPATH.md, so
+    training decodes the same pixels). How the job runs: ``device`` (None / "auto":
+    ``cuda:LOCAL_RANK`` if available, else CPU; "cpu", "cuda", "cuda:N"), ``limit`` (only the first
+    images), ``workers`` (threads decoding and augmenting ahead of the teacher; default
+    min(4, cpus)), ``max_pixels`` (images whose source or augmented size exceeds it are skipped;
+    None: no limit), ``progress`` (a progress bar on rank 0)."""
+    stride: int = 24
+    augment: str = "default"
+    dtype: str = "fp16"
+    seed: int = 0
+    shard_size: int = 32
+    decode: str = LEGACY_DECODE
+    device: str | torch.device | None = None
+    limit: int | None = None
+    workers: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    progress: bool = True
+
+    def check(self) -> None:
+        """One-line ``UserError`` for a value out of its range (the stride is checked against the
+        backbone later, :func:`check_stride`)."""
+        for name, allowed in (("augment", VARIANTS), ("dtype", DTYPES), ("decode", DECODES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name, low in (("shard_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("limit", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
-def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hub", stride=24,
-                     augment="default", dtype="fp16", device=None, seed=0, shard_size=32,
-                     teacher_fn=None, progress=True, limit=None, workers=None,
-                     max_pixels=DEFAULT_MAX_PIXELS, decode=LEGACY_DECODE) -> dict:
+def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hub",
+                     options: ExtractOptions | None = None, *, teacher_fn=None, **option_fields) -> dict:
     """Compute teacher targets for ``images`` into the feature store at ``store_path``.
 
     Args:
         images: a directory, an image-list file, or a list of paths / ``(id, path)`` pairs
-            (:func:`spar_fast.data.list_images`); ``limit`` keeps the first ``limit``. Images
-            the store already holds (same id) are kept; the others are appended.
+            (:func:`spar_fast.data.list_images`). Images the store already holds (same id) are
+            kept; the others are appended.
         backbone: a registry name, loaded with ``weights`` (``hub`` (default), ``random[:SEED]``
             or a file; :class:`spar_fast.runtime.Weights`), or a Backbone object
             (``patch_size``, ``window``, ``feature_dim``, ``mean``, ``std``).
-        stride (:func:`check_stride`), augment ("default" | "extended" | "none"), dtype ("fp16" |
-            "bf16" | "fp32"), seed, shard_size: recorded in ``store.json``; a rerun with other
-            values is an error.
-        device: None / "auto" (``cuda:LOCAL_RANK`` if available, else CPU), "cpu", "cuda", "cuda:N".
+        options: an :class:`ExtractOptions`; its fields may also be given as keywords
+            (``stride=``, ``dtype=``, ``device=``, ``limit=``, ...).
         teacher_fn: ``normalized image [3, H, W] -> [H/P, W/P, C]``; default
             ``teacher_features(backbone, image, stride)``.
-        workers: threads decoding and augmenting ahead of the teacher (default min(4, cpus)).
-        max_pixels: images whose source or augmented size exceeds it are skipped (default
-            ``DEFAULT_MAX_PIXELS``; None: no limit).
-        decode: image decode path ("pil" | "torchvision" | "nvjpeg", docs/DATAPATH.md), recorded
-            in ``store.json`` so training decodes the same pixels.
     Under torchrun each rank computes the chunks of rank ``rank`` (new images: ``rank::world``).
 
     Returns the summary of the whole run (all ranks): ``images`` (all the store lists), ``ok``
@@ -212,32 +230,31 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hu
     ``store``, ``world_size``.
     """
     start = time.perf_counter()
-    _validate(augment, dtype, seed, shard_size, limit, max_pixels)
-    if decode not in DECODES:
-        raise UserError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    opts = replace(options or ExtractOptions(), **option_fields)
+    opts.check()
     rank, world, local_rank = dist_env()
-    device = resolve_device(device, local_rank if world > 1 else None)
+    device = resolve_device(opts.device, local_rank if world > 1 else None)
     items = list_images(images)
-    items = [ImageItem(it.id, os.path.abspath(it.path)) for it in (items[:limit] if limit else items)]
+    items = [ImageItem(it.id, os.path.abspath(it.path)) for it in items[:opts.limit]]
     bb, name, recorded_weights = _backbone(backbone, Weights.parse(weights), device)
-    check_stride(stride, int(bb.window), int(bb.patch_size))
+    check_stride(opts.stride, int(bb.window), int(bb.patch_size))
     if teacher_fn is None:
         from ..teacher import teacher_features
 
         def teacher_fn(x):
-            return teacher_features(bb, x, stride=stride)
-    config = _store_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
-                         seed=seed, shard_size=shard_size, decode=decode)
+            return teacher_features(bb, x, stride=opts.stride)
+    config = _store_config(bb, name, recorded_weights, opts)
     store_path = os.fspath(store_path)
     created = join_group(world)
     try:
         with contextlib.ExitStack() as stack:
             _lock_store(stack, store_path, rank, world)
             shard_dir = open_store(store_path, config)
-            chunks = plan_chunks(store_path, items, shard_size, world, write=rank == 0)
+            chunks = plan_chunks(store_path, items, opts.shard_size, world, write=rank == 0)
             mine = [c for c in chunks if c.rank % world == rank]
             counts = _run_chunks(mine, shard_dir, config, teacher_fn, device,
-                                 workers or _default_workers(), max_pixels, progress and rank == 0)
+                                 opts.workers or _default_workers(), opts.max_pixels,
+                                 opts.progress and rank == 0)
             parts = gather_summaries(counts, world)
             if rank == 0:
                 remove_temp_files(shard_dir)
