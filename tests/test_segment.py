@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from labelmaps import assert_labels_match
 from spar_fast.errors import UserError
+from spar_fast.ops.seg_head import HeadSettings
 from spar_fast.segmentation import keep_ratio_hw, segment, segment_batch
 from spar_fast.segmentation.infer import slide_logits
 from spar_fast.segmentation.queries import text_queries
@@ -113,6 +114,24 @@ def test_fused_and_unfused_agree():
     b = segment(bb, image, CLASSES, prob_thd=0.2, fused=False)
     logits, q2c = reference_logits(bb, image, CLASSES)
     assert_labels_match(a, b, logits, q2c, (45, 70), eps=TIE_EPS, prob_thd=0.2)
+
+
+def test_head_record_equals_its_keywords():
+    """HeadSettings carries the four head settings from segment to the kernel: the record and the
+    keywords give the same labels; precision= is the keyword, amp= its deprecated spelling."""
+    bb = FakeBackbone(3)
+    image = torch.randn(3, 37, 52)
+    head = HeadSettings(logit_scale=30.0, logit_bias=-0.2, prob_thd=0.3, area_thd=0.05)
+    by_keywords = segment(bb, image, CLASSES, logit_scale=30.0, logit_bias=-0.2, prob_thd=0.3,
+                          area_thd=0.05, precision="fp32")
+    assert torch.equal(segment(bb, image, CLASSES, head=head, precision="fp32"), by_keywords)
+    assert torch.equal(segment_batch(bb, [image], CLASSES, head=head, precision="fp32")[0], by_keywords)
+    with pytest.warns(DeprecationWarning, match="precision="):
+        assert torch.equal(segment(bb, image, CLASSES, head=head, amp="fp32"), by_keywords)
+    with pytest.raises(UserError, match="not both"):
+        segment(bb, image, CLASSES, precision="fp32", amp="fp32")
+    with pytest.raises(UserError, match="prob_thd must be a finite number"):
+        segment(bb, image, CLASSES, head=HeadSettings(prob_thd=float("nan")))
 
 
 def test_batch_equals_one_at_a_time():
