@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..evaluation.datasets import DATASETS
 
-ALL = tuple(DATASETS)
+ALL = tuple(name for name in DATASETS if name != "folder")  # the six benchmarks of --all
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,9 @@ def add_parser(subparsers) -> None:
                     "Prints a table of percentages; --out writes the full results (the same "
                     "percentages) as JSON.")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--dataset", choices=ALL, help="one dataset")
+    target.add_argument("--dataset", choices=tuple(DATASETS),
+                        help="one dataset; 'folder': any labelled folder ROOT/{images, labels, "
+                             "classes.txt, splits/SPLIT.txt}, segmented at its stored size")
     target.add_argument("--all", action="store_true",
                         help="all six datasets, their folders found under --root by standard name")
     p.add_argument("--root", required=True,
@@ -27,6 +29,12 @@ def add_parser(subparsers) -> None:
     add_model_args(p)
     add_tokenizer_arg(p)
     add_queries_arg(p)
+    p.add_argument("--classes", default=None,
+                   help="class file (one class line per label value) replacing the dataset's "
+                        "classes (default for --dataset folder: ROOT/classes.txt)")
+    p.add_argument("--split", default="val",
+                   help="folder dataset: the split file splits/SPLIT.txt to use (default val; "
+                        "without it every image under images/)")
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
     p.add_argument("--stride", type=STRIDE, default=24, help="sliding-window stride in pixels (>= 1)")
@@ -57,6 +65,7 @@ def run(args) -> int:
         check_output_file(args.out, (".json",))
     from ..segmentation.query_file import load_query_set
     from ..segmentation.text_args import apply_tokenizer
+    from ..errors import UserError
     if args.queries is not None and args.all:
         raise UserError("--queries holds the classes of one dataset; use it with --dataset")
     queries = load_query_set(args.queries) if args.queries is not None else None
@@ -68,7 +77,8 @@ def run(args) -> int:
         results.append(evaluate(
             bb, name, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
             prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
-            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries))
+            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
+            classes=args.classes, split=args.split))
         if args.per_class:
             _print_per_class(results[-1])
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,

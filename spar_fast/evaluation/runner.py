@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
 from ..segmentation.queries import as_query_set, parse_classes
-from .datasets import get_spec, list_samples, load_sample
+from .datasets import folder_class_lines, get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 
 # SPEC §5.4: (logit_scale, prob_thd, area_thd) per backbone family and dataset.
@@ -69,16 +69,19 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
              logit_scale: float | None = None, prob_thd: float | None = None,
              area_thd: float | None = None, classes=None, batch_size: int = 1, stride: int = 24,
              amp="auto", device=None, progress: bool = False, workers: int = 2,
-             cache_dir=None, queries=None, tokenizer=None) -> dict:
+             cache_dir=None, queries=None, tokenizer=None, split: str = "val") -> dict:
     """mIoU of backbone ``bb`` on the validation split of ``dataset`` under ``root``.
 
     Args:
-        dataset: voc21, voc20, context60, context59, cityscapes or ade20k.
+        dataset: voc21, voc20, context60, context59, cityscapes, ade20k, or "folder" (any
+            labelled folder, :mod:`spar_fast.evaluation.datasets`; classes from its
+            ``classes.txt`` unless ``classes`` / ``queries`` are given).
         mode: "single" or "slide" (sliding window at ``stride``).
         limit: evaluate only the first ``limit`` images.
         logit_scale, prob_thd, area_thd: override the SPEC §5.4 defaults of the backbone family.
         classes: class lines replacing the built-in list (same count as the dataset's classes).
         batch_size: images per packed forward (single mode).
+        split: a folder dataset's split file ``splits/<split>.txt`` (when present).
         queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) replacing the
             class text: no tokenizer, no text tower. ``tokenizer``: a local tokenizer path.
     Returns:
@@ -98,15 +101,17 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
     if queries is not None:
         queries = as_query_set(queries, bb, classes)
         lines = list(queries.lines)
+    elif classes is not None:
+        lines = parse_classes(classes)
     else:
-        lines = parse_classes(classes) if classes is not None else list(spec.classes)
-    if len(lines) != spec.num_classes:
-        raise UserError(f"{dataset} has {spec.num_classes} classes but {len(lines)} class lines were given")
+        lines = list(spec.classes) if spec.classes is not None else folder_class_lines(root)
+    if spec.classes is not None and len(lines) != len(spec.classes):
+        raise UserError(f"{dataset} has {len(spec.classes)} classes but {len(lines)} class lines were given")
     settings = default_settings(getattr(bb, "family", ""), dataset)
     for key, value in (("logit_scale", logit_scale), ("prob_thd", prob_thd), ("area_thd", area_thd)):
         if value is not None:
             settings[key] = value
-    samples = list_samples(dataset, root)
+    samples = list_samples(dataset, root, split)
     if limit is not None:
         if limit < 1:
             raise UserError(f"limit must be >= 1, got {limit}")
@@ -114,7 +119,7 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
     if device is None:
         device = next(iter(bb.parameters())).device
     device = torch.device(device)
-    confmat = ConfusionMatrix(spec.num_classes, device=device)
+    confmat = ConfusionMatrix(len(lines), device=device)
     stream = _prefetched(samples, spec.reduce_zero_label, workers)
     if progress:
         from tqdm.auto import tqdm
@@ -122,6 +127,9 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
     for batch in _batches(stream, batch_size if mode == "single" else 1):
         images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
         sizes = [lab.shape for _, _, lab in batch]
+        if spec.classes is None:
+            for sample, _, label in batch:
+                check_label_values(label, len(lines), sample.label)
         if mode == "slide":
             preds = [segment(bb, images[0], lines, mode="slide", out_hw=sizes[0], stride=stride,
                              amp=amp, cache_dir=cache_dir, queries=queries, tokenizer=tokenizer,
@@ -134,6 +142,17 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": mode, "num_images": len(samples),
                                           "settings": settings, "classes": lines},
                       class_names(dataset, lines))
+
+
+def check_label_values(label, num_classes: int, where: str) -> None:
+    """One-line ``UserError`` when ``label`` holds a value that is neither a class index below
+    ``num_classes`` nor 255 (a label file made for another class list)."""
+    import numpy as np
+
+    bad = (label >= num_classes) & (label != 255)
+    if bad.any():
+        raise UserError(f"label {where} holds value {int(np.max(label[bad]))} but only "
+                        f"{num_classes} classes were given (values 0..{num_classes - 1} and 255)")
 
 
 def class_names(dataset: str, lines: list[str]) -> list[str]:

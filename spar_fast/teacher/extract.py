@@ -76,16 +76,18 @@ def check_stride(stride: int, window: int, patch: int) -> None:
                         f"cells; use a multiple of {patch // MAX_UPSAMPLE} (patch {patch})")
 
 
-def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode):
+def _run_config(bb, name, weights, *, stride, augment, dtype, seed, shard_size, decode, augment_scale=1.0):
     multiple = math.lcm(MULTIPLE, int(bb.patch_size))
-    min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
+    min_side = -(-max(round(MIN_SIDE * augment_scale), int(bb.window)) // multiple) * multiple
     return {"format": FORMAT, "backbone": name, "weights": weights, "stride": stride,
             "augment": augment, "dtype": dtype, "seed": seed, "shard_size": shard_size,
             "patch_size": int(bb.patch_size), "window": int(bb.window),
             "feature_dim": int(bb.feature_dim), "mean": [float(v) for v in bb.mean],
             "std": [float(v) for v in bb.std], "min_side": min_side, "multiple": multiple,
             # the decode path, recorded only when it is not the original one (older stores match)
-            **({} if decode == LEGACY_DECODE else {"decode": decode})}
+            **({} if decode == LEGACY_DECODE else {"decode": decode}),
+            # the augmentation's size scale, recorded only when it is not the SPEC's
+            **({} if augment_scale == 1.0 else {"augment_scale": float(augment_scale)})}
 
 
 class _Prepared:
@@ -105,7 +107,8 @@ def _prepare(item: ImageItem, position: int, config: dict, max_pixels: int | Non
         H, W = read_image_size(item.path)
         check_image_size((H, W), max_pixels, what="source image")
         params = sample_augment(H, W, image_seed(config["seed"], item.id), config["augment"],
-                                min_side=config["min_side"], multiple=config["multiple"])
+                                min_side=config["min_side"], multiple=config["multiple"],
+                                scale=config.get("augment_scale", 1.0))
         check_image_size(params.final_hw, max_pixels, what="augmented image")
         decode = config.get("decode", LEGACY_DECODE)
         if decode == LEGACY_DECODE:
@@ -169,9 +172,11 @@ def _compute_chunk(chunk: dict, config, teacher_fn, device, workers, max_pixels,
     return records, tensors
 
 
-def _validate(augment, dtype, seed, shard_size, limit, max_pixels):
+def _validate(augment, dtype, seed, shard_size, limit, max_pixels, augment_scale=1.0):
     if augment not in VARIANTS:
         raise UserError(f"augment must be one of {', '.join(VARIANTS)}, got {augment!r}")
+    if not (isinstance(augment_scale, (int, float)) and 0 < augment_scale <= 4):
+        raise UserError(f"augment scale must be a number in (0, 4], got {augment_scale!r}")
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
@@ -193,7 +198,8 @@ def _weights(weights, pretrained) -> Weights:
 def extract_features(images, store_path, backbone="siglip2-b16-512", weights=None, stride=24,
                      augment="default", dtype="fp16", device=None, seed=0, shard_size=32,
                      teacher_fn=None, progress=True, limit=None, workers=None,
-                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None, decode=LEGACY_DECODE) -> dict:
+                     max_pixels=DEFAULT_MAX_PIXELS, pretrained=None, decode=LEGACY_DECODE,
+                     augment_scale=1.0) -> dict:
     """Compute teacher targets for ``images`` into the feature store at ``store_path``.
 
     Args:
@@ -213,6 +219,8 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
         workers: threads decoding and augmenting ahead of the teacher (default min(4, cpus)).
         max_pixels: images whose source or augmented size exceeds it are skipped (default
             ``DEFAULT_MAX_PIXELS``; None: no limit).
+        augment_scale: multiplies the augmentation's sizes (RandomResize scale and the 512-pixel
+            minimum side; 1 = SPEC §3; ``window / 512`` for a small-window model), recorded.
         decode: image decode path ("pil" | "torchvision" | "nvjpeg", docs/DATAPATH.md), recorded
             in ``store.json`` so training decodes the same pixels.
     Under torchrun each rank computes the chunks of rank ``rank`` (new images: ``rank::world``).
@@ -223,7 +231,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
     ``store``, ``world_size``.
     """
     start = time.perf_counter()
-    _validate(augment, dtype, seed, shard_size, limit, max_pixels)
+    _validate(augment, dtype, seed, shard_size, limit, max_pixels, augment_scale)
     if decode not in DECODES:
         raise UserError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
     rank, world, local_rank = dist_env()
@@ -238,7 +246,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights=Non
         def teacher_fn(x):
             return teacher_features(bb, x, stride=stride)
     config = _run_config(bb, name, recorded_weights, stride=stride, augment=augment, dtype=dtype,
-                         seed=seed, shard_size=shard_size, decode=decode)
+                         seed=seed, shard_size=shard_size, decode=decode, augment_scale=float(augment_scale))
     store_path = os.fspath(store_path)
     created = join_group(world)
     try:
