@@ -6,6 +6,7 @@ from PIL import Image
 
 from spar_fast.errors import UserError
 from spar_fast.evaluation import DATASETS, evaluate, list_samples, load_label
+from spar_fast.evaluation.datasets import BENCHMARKS
 from spar_fast.evaluation.datasets import load_sample
 from spar_fast.evaluation.metrics import ConfusionMatrix
 from spar_fast.segmentation import prepare_image, segment
@@ -61,7 +62,7 @@ def make_dataset(root, name, rng=None):
     return labels
 
 
-@pytest.mark.parametrize("name", list(DATASETS))
+@pytest.mark.parametrize("name", list(BENCHMARKS))
 def test_reader_layouts(tmp_path, name):
     raw = make_dataset(tmp_path, name)
     spec = DATASETS[name]

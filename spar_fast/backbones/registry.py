@@ -7,6 +7,8 @@ tokenizer that needs the hub), so tests run the real code paths of each family i
 
 * ``siglip2-tiny``: a timm SigLIP-style trunk (no class token, ``attn_pool`` 'map'), patch 16,
   native 64, width 64, 2 heads, 3 blocks; a tiny text tower with the OpenCLIP BPE tokenizer.
+* ``world-s16``: the trunk of the synthetic world's backbone (:mod:`spar_fast.world`), patch 16,
+  native 128, width 96, 3 heads, 6 blocks, so the paper's geometry (P = 16, s = 24, r = 2) holds.
 * ``openclip-tiny``: an open_clip ``VisionTransformer``, patch 16, native 48, width 64, 2 heads,
   3 blocks, output 32; a tiny text tower.
 
@@ -18,6 +20,7 @@ Raw open_clip model names (``open_clip.list_models()``) are accepted too.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,13 @@ from ..errors import UserError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_TIMM_SIGLIP = "spar_vit_tiny_patch16_siglip_64"
+WORLD_TIMM_SIGLIP = "spar_vit_world_patch16_siglip_128"
+
+# timm SigLIP-style trunks of the small configs: name -> (native size, width, depth, heads)
+_TIMM_TRUNKS = {
+    TINY_TIMM_SIGLIP: (64, 64, 3, 2),
+    WORLD_TIMM_SIGLIP: (128, 64, 4, 2),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ KNOWN = {
     "openclip-b16": ModelEntry("ViT-B-16", "laion2b_s34b_b88k"),
     "siglip2-tiny": ModelEntry("SPAR-Tiny-Sig2", None),
     "openclip-tiny": ModelEntry("SPAR-Tiny-OpenCLIP", None),
+    "world-s16": ModelEntry("SPAR-World-Sig2", None),
     "dinov3txt-l16": ModelEntry(None, None, "dinov3txt"),
     "dinov3txt-tiny": ModelEntry(None, None, "dinov3txt"),
 }
@@ -58,18 +69,27 @@ def ensure_registered() -> None:
     from timm.models import register_model
     from timm.models.vision_transformer import _create_vision_transformer
 
-    if TINY_TIMM_SIGLIP not in timm.list_models(TINY_TIMM_SIGLIP):
-        def spar_vit_tiny_patch16_siglip_64(pretrained: bool = False, **kwargs):
-            # same module types as vit_base_patch16_siglip_512, just small
-            args = dict(img_size=64, patch_size=16, embed_dim=64, depth=3, num_heads=2,
-                        class_token=False, global_pool="map")
-            kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or dict(
-                input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.5,) * 3)
-            return _create_vision_transformer(TINY_TIMM_SIGLIP, pretrained=pretrained, **dict(args, **kwargs))
-        register_model(spar_vit_tiny_patch16_siglip_64)
+    for trunk_name, (size, width, depth, heads) in _TIMM_TRUNKS.items():
+        if trunk_name not in timm.list_models(trunk_name):
+            register_model(_trunk_factory(trunk_name, size, width, depth, heads, _create_vision_transformer))
     if not all(e.open_clip_name in open_clip.list_models() for e in KNOWN.values() if e.open_clip_name):
         open_clip.add_model_config(_CONFIG_DIR)
     _registered = True
+
+
+def _trunk_factory(trunk_name: str, size: int, width: int, depth: int, heads: int, create):
+    """A timm model function for a small SigLIP-style trunk (the module types of
+    ``vit_base_patch16_siglip_512``: no class token, a 'map' attention pool), patch 16."""
+    def factory(pretrained: bool = False, **kwargs):
+        args = dict(img_size=size, patch_size=16, embed_dim=width, depth=depth, num_heads=heads,
+                    class_token=False, global_pool="map")
+        kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or dict(
+            input_size=(3, size, size), mean=(0.5,) * 3, std=(0.5,) * 3)
+        return create(trunk_name, pretrained=pretrained, **dict(args, **kwargs))
+    factory.__name__ = trunk_name
+    factory.__qualname__ = trunk_name
+    factory.__module__ = __name__
+    return factory
 
 
 def resolve(name: str) -> ModelEntry:
@@ -95,3 +115,17 @@ def spar_name(open_clip_name: str) -> str | None:
         if entry.open_clip_name == open_clip_name:
             return key
     return None
+
+
+def config_path(open_clip_name: str) -> Path:
+    """The JSON config file of one of the project's own open_clip configs."""
+    return _CONFIG_DIR / f"{open_clip_name}.json"
+
+
+def trunk_shape(name: str) -> tuple | None:
+    """``(native size, width, depth, heads)`` of a small registered timm trunk, else None."""
+    entry = KNOWN.get(name)
+    if entry is None or entry.open_clip_name is None or not config_path(entry.open_clip_name).is_file():
+        return None
+    cfg = json.loads(config_path(entry.open_clip_name).read_text(encoding="utf-8"))
+    return _TIMM_TRUNKS.get(cfg.get("vision_cfg", {}).get("timm_model_name"))

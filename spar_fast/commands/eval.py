@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from ..evaluation.datasets import DATASETS
+from ..evaluation.datasets import BENCHMARKS, DATASETS
 
-ALL = tuple(DATASETS)
+ALL = BENCHMARKS
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +18,9 @@ def add_parser(subparsers) -> None:
                     "Prints a table of percentages; --out writes the full results (the same "
                     "percentages) as JSON.")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--dataset", choices=ALL, help="one dataset")
+    target.add_argument("--dataset", choices=tuple(DATASETS),
+                        help="one dataset; 'folder': any labelled folder ROOT/{images, labels, "
+                             "classes.txt, splits/SPLIT.txt}, segmented at its stored size")
     target.add_argument("--all", action="store_true",
                         help="all six datasets, their folders found under --root by standard name")
     p.add_argument("--root", required=True,
@@ -28,6 +30,12 @@ def add_parser(subparsers) -> None:
     add_model_args(p)
     add_tokenizer_arg(p)
     add_queries_arg(p)
+    p.add_argument("--classes", default=None,
+                   help="class file (one class line per label value) replacing the dataset's "
+                        "classes (default for --dataset folder: ROOT/classes.txt)")
+    p.add_argument("--split", default="val",
+                   help="folder dataset: the split file splits/SPLIT.txt to use (without it, "
+                        "every image under images/)")
     p.add_argument("--mode", choices=("single", "slide"), default="single",
                    help="single pass, or sliding window at --stride")
     p.add_argument("--stride", type=STRIDE, default=24, help="sliding-window stride in pixels (>= 1)")
@@ -68,7 +76,7 @@ def run(args) -> int:
         bb, names, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
         prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
         stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
-        on_result=_print_per_class if args.per_class else None)
+        classes=args.classes, split=args.split, on_result=_print_per_class if args.per_class else None)
     results = runs["results"]
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
                "units": "percent", "queries": args.queries, **runs}

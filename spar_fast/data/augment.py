@@ -114,12 +114,13 @@ def _upscale_hw(h: int, w: int, min_side: int, multiple: int) -> tuple[int, int]
 
 
 def sample_augment(H: int, W: int, seed: int, variant: str = "default", *,
-                   min_side: int = MIN_SIDE, multiple: int = MULTIPLE) -> AugmentParams:
+                   min_side: int = MIN_SIDE, multiple: int = MULTIPLE, scale: float = 1.0) -> AugmentParams:
     """Draw the augmentation of one ``H x W`` source image (SPEC §3; see the module docstring).
 
     ``seed``: the image's own seed (:func:`image_seed`). ``min_side`` / ``multiple`` default to the
     SPEC's 512 / 16; the extraction job raises them only for a backbone whose window or patch
-    needs it. Seven uniforms are always drawn in a fixed order (rho, crop-or-full, crop height,
+    needs it. ``scale`` multiplies the RandomResize scale ``(S0, S1)`` (1: the SPEC's; a model
+    with a 128-pixel window uses ``128 / 512``, with ``min_side`` scaled alike). Seven uniforms are always drawn in a fixed order (rho, crop-or-full, crop height,
     crop width, top, left, flip), whatever branch is taken.
     """
     if variant not in VARIANTS:
@@ -128,13 +129,15 @@ def sample_augment(H: int, W: int, seed: int, variant: str = "default", *,
         raise ValueError(f"image size {H}x{W} is empty")
     if min_side % multiple:
         raise ValueError(f"min_side {min_side} is not a multiple of {multiple}")
+    if not (0 < scale <= 4):
+        raise ValueError(f"augment scale must be in (0, 4], got {scale}")
     u_rho, u_coin, u_ch, u_cw, u_top, u_left, u_flip = _uniforms(seed, 7)
     if variant == "none":
         rho, (h, w), flip = None, (H, W), False
     else:
         (s0, s1), lo = _RESIZE[variant]
         rho = lo + (1.0 - lo) * u_rho
-        h, w = rescale_size(H, W, (int(s0 * rho), int(s1 * rho)))
+        h, w = rescale_size(H, W, (int(s0 * scale * rho), int(s1 * scale * rho)))
         flip = u_flip < 0.5
     crop = None
     if min(h, w) < min_side:

@@ -11,6 +11,16 @@ data folder serves all six (``--all``)::
                          gtFine/val/*/*_gtFine_labelTrainIds.png}
     ade20k               ADEChallengeData2016/{images, annotations}/validation (also under ade/)
 
+``folder`` is any labelled folder (the user's own data, the synthetic world of
+:mod:`spar_fast.world`)::
+
+    folder               ROOT/{images/<id>.<ext>, labels/<id>.png, classes.txt (one class line per
+                         label value), splits/<split>.txt (optional: ids to use; default every
+                         image under images/)}
+
+Its images are segmented at their stored size (no test resize) and its label values must be
+class indices or 255.
+
 Labels are read as stored (palette indices for VOC PNGs). ``reduce_zero_label`` (voc20,
 context59, ade20k) maps 0 -> 255 and k -> k - 1, 255 stays ignored.
 """
@@ -42,15 +52,16 @@ class DatasetSpec:
     folder: str            # the dataset folder's standard name
     parents: tuple         # standard parents of that folder under a data root
     reduce_zero_label: bool
-    scale: tuple           # test resize (long, short)
+    scale: tuple | None    # test resize (long, short); None: the stored size
 
     @property
-    def classes(self) -> tuple:
-        return BUILTIN[self.name]
+    def classes(self) -> tuple | None:
+        """The built-in class lines (None for ``folder``: its own ``classes.txt``)."""
+        return BUILTIN.get(self.name)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
 
 
 DATASETS = {
@@ -60,7 +71,11 @@ DATASETS = {
     "context59": DatasetSpec("context59", "VOC2010", ("VOCdevkit",), True, TEST_SCALE),
     "cityscapes": DatasetSpec("cityscapes", "cityscapes", (), False, CITYSCAPES_SCALE),
     "ade20k": DatasetSpec("ade20k", "ADEChallengeData2016", ("ade",), True, TEST_SCALE),
+    "folder": DatasetSpec("folder", "", (), False, None),
 }
+BENCHMARKS = tuple(name for name in DATASETS if name != "folder")  # the six of Mean6
+FOLDER_CLASSES = "classes.txt"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Files/folders (relative to the dataset folder) whose presence identifies it.
 _MARKERS = {
@@ -68,6 +83,7 @@ _MARKERS = {
     "VOC2010": ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt"),
     "cityscapes": ("leftImg8bit/val", "gtFine/val"),
     "ADEChallengeData2016": ("images/validation", "annotations/validation"),
+    "": ("images", "labels"),
 }
 
 
@@ -82,6 +98,10 @@ def find_dataset_dir(spec: DatasetSpec, root) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{spec.name}: data root {root} is not a directory")
+    if not spec.folder:
+        if not all((root / m).is_dir() for m in _MARKERS[""]):
+            raise UserError(f"folder dataset: {root} needs images/ and labels/ subfolders")
+        return root
     candidates = [root, root / spec.folder] + [root / p / spec.folder for p in spec.parents]
     markers = _MARKERS[spec.folder]
     for cand in candidates:
@@ -110,10 +130,41 @@ def _paired(ids, image_of, label_of, what: str) -> list[Sample]:
     return samples
 
 
-def list_samples(name: str, root) -> list[Sample]:
-    """All validation samples of dataset ``name`` under ``root``, in a stable order."""
+def folder_class_lines(root) -> list[str]:
+    """The class lines of a folder dataset (``ROOT/classes.txt``)."""
+    from ..segmentation.queries import read_class_file
+
+    path = Path(root) / FOLDER_CLASSES
+    if not path.is_file():
+        raise UserError(f"folder dataset: no {path}; give the classes (--classes FILE or --queries)")
+    return read_class_file(path)
+
+
+def _folder_samples(d: Path, split: str) -> list[Sample]:
+    split_file = d / "splits" / f"{split}.txt"
+    if split_file.is_file():
+        ids = _split_ids(split_file)
+    else:
+        ids = sorted(p.stem for p in (d / "images").iterdir()
+                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    by_stem = {}
+    for p in sorted((d / "images").iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            by_stem.setdefault(p.stem, p)
+    return _paired(ids, lambda i: by_stem.get(i, d / "images" / f"{i}.png"),
+                   lambda i: d / "labels" / f"{i}.png", "folder dataset")
+
+
+def list_samples(name: str, root, split: str = "val") -> list[Sample]:
+    """All validation samples of dataset ``name`` under ``root``, in a stable order (``split``:
+    the split file of a folder dataset, ``splits/<split>.txt`` when present)."""
     spec = get_spec(name)
     d = find_dataset_dir(spec, root)
+    if not spec.folder:
+        samples = _folder_samples(d, split)
+        if not samples:
+            raise UserError(f"folder dataset: no images under {d / 'images'}")
+        return samples
     if spec.folder == "VOC2012":
         ids = _split_ids(d / "ImageSets/Segmentation/val.txt")
         return _paired(ids, lambda i: d / "JPEGImages" / f"{i}.jpg",

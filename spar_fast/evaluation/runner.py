@@ -19,7 +19,7 @@ from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
 from ..segmentation.queries import parse_classes
 from ..segmentation.query_file import as_query_set
-from .datasets import get_spec, list_samples, load_sample
+from .datasets import folder_class_lines, get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
 
 # SPEC §5.4: head settings per backbone family and dataset (bias 0 everywhere).
@@ -51,7 +51,8 @@ class EvalOptions:
     at ``stride``); ``limit``: only the first images; ``batch_size``: images per packed forward
     (single mode); ``precision`` (:func:`spar_fast.runtime.autocast`); ``device`` (default the
     model's); ``workers``: decoding threads; ``cache_dir``: text-query cache;
-    ``tokenizer``: a local tokenizer path; ``progress``: a progress bar."""
+    ``tokenizer``: a local tokenizer path; ``progress``: a progress bar; ``split``: a folder
+    dataset's split file ``splits/<split>.txt`` (used when present)."""
     mode: str = "single"
     limit: int | None = None
     batch_size: int = 1
@@ -62,6 +63,7 @@ class EvalOptions:
     cache_dir: str | None = None
     tokenizer: str | None = None
     progress: bool = False
+    split: str = "val"
 
     def check(self) -> None:
         if self.mode not in ("single", "slide"):
@@ -110,17 +112,30 @@ def _options(options: EvalOptions | None, overrides: dict) -> EvalOptions:
     return options
 
 
-def _class_lines(bb, spec, classes, queries):
+def _class_lines(bb, spec, root, classes, queries):
     """``(class lines, QuerySet or None)``: the query file's lines, ``classes``, or the built-in
-    list, checked against the dataset's class count."""
+    list (a folder dataset's ``classes.txt``), checked against the dataset's class count."""
     if queries is not None:
         queries = as_query_set(queries, bb, classes)
         lines = list(queries.lines)
+    elif classes is not None:
+        lines = parse_classes(classes)
     else:
-        lines = parse_classes(classes) if classes is not None else list(spec.classes)
-    if len(lines) != spec.num_classes:
-        raise UserError(f"{spec.name} has {spec.num_classes} classes but {len(lines)} class lines were given")
+        lines = list(spec.classes) if spec.classes is not None else folder_class_lines(root)
+    if spec.classes is not None and len(lines) != len(spec.classes):
+        raise UserError(f"{spec.name} has {len(spec.classes)} classes but {len(lines)} class lines were given")
     return lines, queries
+
+
+def check_label_values(label, num_classes: int, where: str) -> None:
+    """One-line ``UserError`` when ``label`` holds a value that is neither a class index below
+    ``num_classes`` nor 255 (a label file made for another class list)."""
+    import numpy as np
+
+    bad = (label >= num_classes) & (label != 255)
+    if bad.any():
+        raise UserError(f"label {where} holds value {int(np.max(label[bad]))} but only "
+                        f"{num_classes} classes were given (values 0..{num_classes - 1} and 255)")
 
 
 @torch.no_grad()
@@ -130,7 +145,9 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
     """mIoU of backbone ``bb`` on the validation split of ``dataset`` under ``root``.
 
     Args:
-        dataset: voc21, voc20, context60, context59, cityscapes or ade20k.
+        dataset: voc21, voc20, context60, context59, cityscapes, ade20k, or "folder" (any
+            labelled folder, :mod:`spar_fast.evaluation.datasets`; classes from its
+            ``classes.txt`` unless ``classes`` / ``queries`` are given).
         options: an :class:`EvalOptions`; its fields may also be given as keywords (``mode=``,
             ``limit=``, ``batch_size=``, ``stride=``, ``precision=``, ``device=``, ``workers=``,
             ``cache_dir=``, ``tokenizer=``, ``progress=``; ``amp=`` is the deprecated spelling
@@ -151,18 +168,21 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
     """
     spec = get_spec(dataset)
     options = _options(options, option_overrides)
-    lines, queries = _class_lines(bb, spec, classes, queries)
+    lines, queries = _class_lines(bb, spec, root, classes, queries)
     head = default_settings(getattr(bb, "family", ""), dataset).with_overrides(
         logit_scale=logit_scale, prob_thd=prob_thd, area_thd=area_thd)
-    samples = list_samples(dataset, root)[:options.limit]
+    samples = list_samples(dataset, root, options.split)[:options.limit]
     device = torch.device(options.device if options.device is not None else next(iter(bb.parameters())).device)
-    confmat = ConfusionMatrix(spec.num_classes, device=device)
+    confmat = ConfusionMatrix(len(lines), device=device)
     stream = _prefetched(samples, spec.reduce_zero_label, options.workers)
     if options.progress:
         from tqdm.auto import tqdm
         stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({options.mode})", unit="img")
     for batch in _batches(stream, options.batch_size if options.mode == "single" else 1):
         images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
+        if spec.classes is None:  # a folder's labels are checked against its class list
+            for sample, _, label in batch:
+                check_label_values(label, len(lines), sample.label)
         labels = [torch.from_numpy(label).to(device) for _, _, label in batch]
         for pred, label in zip(_predict(bb, images, labels, lines, head, options, queries), labels):
             confmat.update(pred, label)

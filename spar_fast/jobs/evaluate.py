@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..evaluation import evaluate
-from ..evaluation.datasets import DATASETS
+from ..evaluation.datasets import BENCHMARKS
 
 
 def evaluate_datasets(bb, datasets, root, *, on_result: Callable[[dict], None] | None = None,
@@ -21,6 +21,6 @@ def evaluate_datasets(bb, datasets, root, *, on_result: Callable[[dict], None] |
         if on_result is not None:
             on_result(results[-1])
     summary = {"results": results}
-    if sorted(datasets) == sorted(DATASETS):
+    if sorted(datasets) == sorted(BENCHMARKS):
         summary["Mean6"] = sum(r["mIoU"] for r in results) / len(results)
     return summary

@@ -78,13 +78,13 @@ def check_stride(stride: int, window: int, patch: int) -> None:
 
 def _store_config(bb, name, weights, opts: "ExtractOptions") -> StoreConfig:
     multiple = math.lcm(MULTIPLE, int(bb.patch_size))
-    min_side = -(-max(MIN_SIDE, int(bb.window)) // multiple) * multiple
+    min_side = -(-max(round(MIN_SIDE * opts.augment_scale), int(bb.window)) // multiple) * multiple
     return StoreConfig(backbone=name, weights=weights, stride=opts.stride, augment=opts.augment,
                        dtype=opts.dtype, seed=opts.seed, shard_size=opts.shard_size,
                        patch_size=int(bb.patch_size), window=int(bb.window),
                        feature_dim=int(bb.feature_dim), mean=tuple(float(v) for v in bb.mean),
                        std=tuple(float(v) for v in bb.std), min_side=min_side, multiple=multiple,
-                       decode=opts.decode)
+                       decode=opts.decode, augment_scale=float(opts.augment_scale))
 
 
 class _Prepared:
@@ -104,7 +104,8 @@ def _prepare(item: ImageItem, position: int, config: StoreConfig, max_pixels: in
         H, W = read_image_size(item.path)
         check_image_size((H, W), max_pixels, what="source image")
         params = sample_augment(H, W, image_seed(config.seed, item.id), config.augment,
-                                min_side=config.min_side, multiple=config.multiple)
+                                min_side=config.min_side, multiple=config.multiple,
+                                scale=config.augment_scale)
         check_image_size(params.final_hw, max_pixels, what="augmented image")
         decode = config.decode
         if decode == LEGACY_DECODE:
@@ -178,9 +179,12 @@ class ExtractOptions:
     ``cuda:LOCAL_RANK`` if available, else CPU; "cpu", "cuda", "cuda:N"), ``limit`` (only the first
     images), ``workers`` (threads decoding and augmenting ahead of the teacher; default
     min(4, cpus)), ``max_pixels`` (images whose source or augmented size exceeds it are skipped;
-    None: no limit), ``progress`` (a progress bar on rank 0)."""
+    None: no limit), ``progress`` (a progress bar on rank 0). ``augment_scale`` (recorded)
+    multiplies the augmentation's sizes, the RandomResize scale and the 512-pixel minimum side
+    (1: SPEC §3; a model with a 128-pixel window, the synthetic world's, uses a scale below 1)."""
     stride: int = 24
     augment: str = "default"
+    augment_scale: float = 1.0
     dtype: str = "fp16"
     seed: int = 0
     shard_size: int = 32
@@ -201,6 +205,8 @@ class ExtractOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.augment_scale, (int, float)) and 0 < self.augment_scale <= 4):
+            raise UserError(f"augment scale must be a number in (0, 4], got {self.augment_scale!r}")
         for name in ("limit", "max_pixels"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -79,7 +79,9 @@ class StoreConfig:
     recorded the older ``pretrained``, kept in ``extra``); ``min_side`` /
     ``multiple``: the augmentation's size rules for this backbone; ``decode``: the image decode
     path (``data.decode``), left out of the file when it is the original one, so older stores
-    read back equal; ``decode_version`` (optional): the decoder's signature. ``extra``: keys of
+    read back equal; ``decode_version`` (optional): the decoder's signature; ``augment_scale``:
+    the augmentation's size scale (``data.augment.sample_augment``), left out when it is the
+    SPEC's 1. ``extra``: keys of
     older versions (e.g. the ``pretrained`` of an upgraded format-1 store), kept as read."""
     backbone: str | None
     weights: str | None
@@ -97,6 +99,7 @@ class StoreConfig:
     multiple: int
     decode: str = LEGACY_DECODE
     decode_version: str | None = None
+    augment_scale: float = 1.0
     format: str = FORMAT
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -108,6 +111,8 @@ class StoreConfig:
             out["decode"] = self.decode
         if self.decode_version is not None:
             out["decode_version"] = self.decode_version
+        if self.augment_scale != 1.0:
+            out["augment_scale"] = float(self.augment_scale)
         return {**self.extra, **out}
 
     @classmethod
@@ -125,6 +130,8 @@ class StoreConfig:
             for name in ("stride", "seed", "shard_size", "patch_size", "window", "feature_dim",
                          "min_side", "multiple"):
                 values[name] = int(values[name])
+            if "augment_scale" in values:
+                values["augment_scale"] = float(values["augment_scale"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed field ({exc})") from None
         return cls(**values, extra={k: v for k, v in d.items() if k not in known})
@@ -148,7 +155,7 @@ class StoreConfig:
         return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-_OPTIONAL_CONFIG = ("decode", "decode_version", "extra")
+_OPTIONAL_CONFIG = ("decode", "decode_version", "augment_scale", "extra")
 
 
 class ChunkItem(NamedTuple):

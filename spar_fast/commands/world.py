@@ -1,0 +1,80 @@
+"""``spar-fast world``: the synthetic world -- build its backbone, write its data, run the paper
+in miniature."""
+from __future__ import annotations
+
+ACTIONS = ("build", "write", "paper")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "world", help="the synthetic world: backbone, dataset, the paper in miniature (offline)",
+        description="A synthetic world where SPAR's effect exists and is measured offline. "
+                    "'build': pretrain (or find in the cache) the world backbone and print its "
+                    "weights and query file, usable as --weights PATH and --queries PATH "
+                    "(--backbone world-s16) by every command. 'write DIR': write the world as a "
+                    "labelled folder (eval --dataset folder --root DIR --split val_1024) and "
+                    "unlabelled training images (DIR/unlabelled). 'paper --out DIR': distill the "
+                    "world backbone and report mIoU against image side (Fig. 3), against time "
+                    "(Fig. 1) and per unfreeze setting (Table 5), as report.json and plots.")
+    p.add_argument("action", choices=ACTIONS, help="what to do")
+    p.add_argument("dir", nargs="?", default=None, help="output folder of 'write'")
+    p.add_argument("--out", default="runs/world", metavar="DIR", help="output folder of 'paper'")
+    p.add_argument("--rebuild", action="store_true", help="'build': pretrain again even if cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..errors import UserError
+    from ..runtime import check_output_dir
+
+    progress = not args.quiet
+    if args.action == "build":
+        from ..world.backbone import world_backbone
+        world = world_backbone(rebuild=args.rebuild, progress=progress)
+        print(f"world backbone {world.name} (key {world.key})\n  --weights {world.weights}\n"
+              f"  --queries {world.queries}")
+        return 0
+    if args.action == "write":
+        if args.dir is None:
+            raise UserError("spar-fast world write needs the output folder: spar-fast world write DIR")
+        from ..world.dataset import write_world
+        check_output_dir(args.dir)
+        root = write_world(args.dir, progress=progress)
+        print(f"wrote the world to {root} (eval: --dataset folder --root {root} --split val_1024; "
+              f"training images: {root}/unlabelled)")
+        return 0
+    from ..jobs.world_paper import PaperSettings, run_paper
+    from ..train.config import TrainConfig
+    check_output_dir(args.out)
+    base = PaperSettings()
+    settings = PaperSettings(train=TrainConfig(**{**_train_fields(base.train), "progress": progress}))
+    report = run_paper(args.out, settings)
+    print_report(report)
+    print(f"outputs: {args.out} (report.json, fig3.png, fig1.png)")
+    return 0
+
+
+def _train_fields(cfg) -> dict:
+    from dataclasses import fields
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+
+
+def print_report(report: dict) -> None:
+    """The miniature's three tables, mIoU in percent."""
+    fig3 = report["fig3_miou_vs_side"]
+    sides = sorted({int(s) for r in fig3.values() for s in r})
+    print("\nmIoU (%) against image side (the backbone was trained at 128 px):")
+    print(f"  {'':<34}" + "".join(f"{s:>8}" for s in sides))
+    for name, by_side in fig3.items():
+        print(f"  {name:<34}" + "".join(f"{_at(by_side, s)['mIoU']:>8.1f}" for s in sides))
+    print(f"\nmIoU (%) against time per image at side {max(sides)}:")
+    for name, r in report["fig1_miou_vs_time"].items():
+        print(f"  {name:<34}{r['mIoU']:>8.1f}{r['seconds_per_image']:>10.3f} s")
+    print("\nunfreeze settings (mIoU %, single pass):")
+    for name, by_side in report["table5_unfreeze"].items():
+        print(f"  {name:<34}" + "".join(f"{_at(by_side, s):>8.1f}" for s in sides))
+
+
+def _at(by_side: dict, side: int):
+    return by_side[side] if side in by_side else by_side[str(side)]

@@ -1,0 +1,30 @@
+"""The offline demo on the world: report, panels and the CLI (mechanics at a small size; the
+gain itself is checked in test_world_gain.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+from PIL import Image
+
+from spar_fast.jobs.world_demo import run_world_demo
+from spar_fast.train.config import TrainConfig
+from spar_fast.world.dataset import WorldLayout
+
+
+def test_world_demo_small(tmp_path):
+    lines = []
+    layout = WorldLayout(val_sides=(128, 256), val_pixels=2 * 256 * 256, unlabelled_count=6)
+    report = run_world_demo(str(tmp_path), progress=False, say=lines.append, layout=layout,
+                            train=TrainConfig(epochs=1, lr=3e-4))
+    assert [r["side"] for r in report["sides"]] == [128, 256]
+    for row in report["sides"]:
+        for key in ("single", "teacher", "student"):
+            assert 0 <= row[key]["mIoU"] <= 100 and row[key]["seconds_per_image"] > 0
+    # at the native side one window is the whole image: the teacher is the single pass
+    assert abs(report["sides"][0]["teacher"]["mIoU"] - report["sides"][0]["single"]["mIoU"]) < 1.0
+    assert json.load(open(tmp_path / "report.json"))["sides"] == json.loads(json.dumps(report["sides"]))
+    with Image.open(report["figure"]) as fig:
+        assert fig.width > 2 * fig.height  # two rows of four or five panels
+    assert os.path.isfile(report["student"])
+    assert any("side 256" in line for line in lines)
