@@ -77,7 +77,7 @@ def distill_world(world, images: str, out: str, unfreeze: tuple[str, ...], train
                   log=print) -> dict[str, str]:
     """Teacher targets of ``images`` into ``out/store`` then one student per unfreeze setting:
     ``{unfreeze: final weights path}``. ``teacher_fn`` replaces the teacher (see
-    :func:`spar_fast.teacher.extract.extract_features`)."""
+    :func:`spar_fast.jobs.extract.extract_features`)."""
     from .extract import extract_features
     from ..train import train
 
