@@ -11,8 +11,12 @@ from test_segment import FakeBackbone
 from spar_fast.errors import UserError
 from spar_fast.segmentation import lposs, propagation, segment
 from spar_fast.segmentation.lposs import LpossSettings, default_gamma
-from spar_fast.segmentation.propagation import (conjugate_gradient, propagate_patches, propagate_pixels,
-                                                rgb_to_lab)
+from spar_fast.segmentation.propagation import (
+    conjugate_gradient,
+    propagate_patches,
+    propagate_pixels,
+    rgb_to_lab,
+)
 
 
 def dense_patch_system(feats, centres, k, gamma, sigma, power, alpha):

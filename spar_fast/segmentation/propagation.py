@@ -16,7 +16,7 @@ set to 1, ``W`` without self loops.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
