@@ -40,6 +40,8 @@ def add_parser(subparsers) -> None:
                    help="override the per-dataset default probability threshold (in [0, 1])")
     p.add_argument("--area-thd", type=AREA_THD, default=None,
                    help="override the per-dataset default area threshold (>= 0)")
+    from .refine_args import add_refine_args
+    add_refine_args(p)
     p.add_argument("--per-class", action="store_true", help="also print the per-class IoU")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     p.set_defaults(run=run)
@@ -60,6 +62,8 @@ def run(args) -> int:
     if args.queries is not None and args.all:
         raise UserError("--queries holds the classes of one dataset; use it with --dataset")
     queries = load_query_set(args.queries) if args.queries is not None else None
+    from .refine_args import lposs_from_args
+    lposs = lposs_from_args(args)
     bb = load_model(args)
     apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
@@ -68,11 +72,12 @@ def run(args) -> int:
         results.append(evaluate(
             bb, name, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
             prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
-            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries))
+            stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
+            refine=args.refine, lposs=lposs))
         if args.per_class:
             _print_per_class(results[-1])
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
-               "units": "percent", "queries": args.queries, "results": results}
+               "refine": args.refine, "units": "percent", "queries": args.queries, "results": results}
     if args.all:
         summary["Mean6"] = sum(r["mIoU"] for r in results) / len(results)
     _print_table(results, summary.get("Mean6"))

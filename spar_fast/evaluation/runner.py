@@ -69,7 +69,8 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
              logit_scale: float | None = None, prob_thd: float | None = None,
              area_thd: float | None = None, classes=None, batch_size: int = 1, stride: int = 24,
              amp="auto", device=None, progress: bool = False, workers: int = 2,
-             cache_dir=None, queries=None, tokenizer=None) -> dict:
+             cache_dir=None, queries=None, tokenizer=None, refine: str | None = None,
+             lposs=None) -> dict:
     """mIoU of backbone ``bb`` on the validation split of ``dataset`` under ``root``.
 
     Args:
@@ -81,18 +82,22 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
         batch_size: images per packed forward (single mode).
         queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) replacing the
             class text: no tokenizer, no text tower. ``tokenizer``: a local tokenizer path.
+        refine, lposs: LPOSS / LPOSS+ refinement and its settings, as in
+            :func:`spar_fast.segmentation.segment` (images then go one at a time).
     Returns:
         A dict; every score is a PERCENTAGE (0-100), the unit the CLI prints:
         ``mIoU`` (MMSeg: mean over classes with a non-empty union), ``mIoU_torchmetrics``
         (torchmetrics JaccardIndex), ``mIoU_all_classes`` (absent classes count as 0), ``aAcc``
         (pixel accuracy), ``per_class`` (``{class name: IoU}``, None for a class with an empty
         union), ``IoU`` (the same values as a list in class order), and ``dataset``, ``mode``,
-        ``num_images``, ``settings`` (logit_scale, prob_thd, area_thd used), ``classes`` (the
-        class lines), ``units`` (``"percent"``).
+        ``num_images``, ``refine``, ``settings`` (logit_scale, prob_thd, area_thd used),
+        ``classes`` (the class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
     if mode not in ("single", "slide"):
         raise UserError(f"mode must be 'single' or 'slide', got {mode!r}")
+    if refine not in (None, "lposs", "lposs+"):
+        raise UserError(f"refine must be None, 'lposs' or 'lposs+', got {refine!r}")
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if queries is not None:
@@ -119,20 +124,20 @@ def evaluate(bb, dataset: str, root, mode: str = "single", limit: int | None = N
     if progress:
         from tqdm.auto import tqdm
         stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({mode})", unit="img")
-    for batch in _batches(stream, batch_size if mode == "single" else 1):
+    for batch in _batches(stream, batch_size if mode == "single" and refine is None else 1):
         images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
         sizes = [lab.shape for _, _, lab in batch]
-        if mode == "slide":
-            preds = [segment(bb, images[0], lines, mode="slide", out_hw=sizes[0], stride=stride,
+        if mode == "slide" or refine is not None:
+            preds = [segment(bb, images[0], lines, mode=mode, out_hw=sizes[0], stride=stride,
                              amp=amp, cache_dir=cache_dir, queries=queries, tokenizer=tokenizer,
-                             **settings)]
+                             refine=refine, lposs=lposs, **settings)]
         else:
             preds = segment_batch(bb, images, lines, out_hws=sizes, amp=amp, cache_dir=cache_dir,
                                   queries=queries, tokenizer=tokenizer, **settings)
         for pred, (_, _, label) in zip(preds, batch):
             confmat.update(pred, torch.from_numpy(label).to(device))
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": mode, "num_images": len(samples),
-                                          "settings": settings, "classes": lines},
+                                          "refine": refine, "settings": settings, "classes": lines},
                       class_names(dataset, lines))
 
 
