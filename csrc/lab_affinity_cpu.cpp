@@ -3,7 +3,7 @@
 // a [H, W, 3] is the Lab image already divided by tau, so W_ij = exp(-||a_i - a_j||) for the
 // (2r+1)^2 - 1 pixels j around i. x [H*W, Q], s [H*W] (or none: S = I), y [H*W, Q].
 // Parallel over output rows. For one output row and one offset (dy, dx) the weights of the whole
-// row are computed first in a vectorizable loop (distance, exp, times s_j), then added into the
+// row are computed first in a vectorized loop (distance, exp, times s_j), then added into the
 // row's [W, Q] accumulator (which stays in L2: 2048 x 19 fp32 is 156 KB). Each output element
 // is written by one thread only: no atomics, deterministic.
 #include <ATen/ATen.h>
@@ -47,29 +47,39 @@ inline float exp_nonpositive(float x) {
 inline float exp_neg(float x) { return exp_nonpositive(x); }
 inline double exp_neg(double x) { return std::exp(x); }  // fp64 serves tests: exact libm exp
 
+// Weights of one row segment: w[ox] = exp(-||p[ox] - q[ox]||) for ox in [x0, x1), p and q the
+// planar Lab rows (L, a, b planes of the image, `plane` apart). Separate planes make every load
+// contiguous, and the loop is vectorized: CMakeLists.txt compiles this file with -fno-math-errno
+// (sqrt becomes sqrtps; its argument is >= 0, errno is never set) and -fno-trapping-math (GCC
+// if-converts the exp's clamps only then; no code reads FP exception flags).
+template <typename T>
+void row_weights(const T* __restrict p, const T* __restrict q, int64_t plane, int64_t x0,
+                               int64_t x1, T* __restrict w) {
+#pragma omp simd
+  for (int64_t ox = x0; ox < x1; ++ox) {
+    const T d0 = p[ox] - q[ox], d1 = p[plane + ox] - q[plane + ox], d2 = p[2 * plane + ox] - q[2 * plane + ox];
+    w[ox] = exp_neg(-std::sqrt(d0 * d0 + d1 * d1 + d2 * d2));
+  }
+}
+
+// Output rows [begin, end) of y; a is planar [3, H, W].
 template <typename T>
 void lab_affinity_rows(const T* a, const T* x, const T* s, T* y, int64_t H, int64_t W, int64_t Q,
                        int64_t R, int64_t begin, int64_t end) {
   std::vector<T> w(W);
+  const int64_t plane = H * W;
   for (int64_t oy = begin; oy < end; ++oy) {
     T* yrow = y + oy * W * Q;
     std::fill(yrow, yrow + W * Q, T(0));
-    const T* arow = a + oy * W * 3;
     for (int64_t dy = -R; dy <= R; ++dy) {
       const int64_t ny = oy + dy;
       if (ny < 0 || ny >= H) continue;
-      const T* nrow = a + ny * W * 3;
       for (int64_t dx = -R; dx <= R; ++dx) {
         if (dy == 0 && dx == 0) continue;
         const int64_t x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? W - dx : W;  // ox with ox+dx inside
         if (x0 >= x1) continue;
         T* __restrict wp = w.data();
-        for (int64_t ox = x0; ox < x1; ++ox) {  // vectorizable: distance and exp of the row
-          const T* p = arow + ox * 3;
-          const T* q = nrow + (ox + dx) * 3;
-          const T d0 = p[0] - q[0], d1 = p[1] - q[1], d2 = p[2] - q[2];
-          wp[ox] = exp_neg(-std::sqrt(d0 * d0 + d1 * d1 + d2 * d2));
-        }
+        row_weights<T>(a + oy * W, a + ny * W + dx, plane, x0, x1, wp);
         if (s != nullptr) {
           const T* srow = s + ny * W + dx;
           for (int64_t ox = x0; ox < x1; ++ox) wp[ox] *= srow[ox];
@@ -112,7 +122,8 @@ at::Tensor lab_affinity_apply_cpu(const at::Tensor& lab, const at::Tensor& x,
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lab_affinity_apply_cpu", [&] {
     const scalar_t* s = scale.has_value() ? scale->data_ptr<scalar_t>() : nullptr;
-    const scalar_t* a = lab.data_ptr<scalar_t>();
+    const at::Tensor planar = lab.permute({2, 0, 1}).contiguous();  // [3, H, W]: contiguous loads
+    const scalar_t* a = planar.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
