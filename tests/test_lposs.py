@@ -175,3 +175,37 @@ def test_settings_and_gamma_defaults():
     assert default_gamma("slide", "file:/ck.safetensors:1:2") == 1.0
     assert default_gamma("single", "hub") == default_gamma("single", None) == 1.0
     assert lposs.REFINES == ("lposs", "lposs+")
+
+
+def test_dino_values_are_the_last_blocks_value_projection():
+    from spar_fast.runtime import Weights
+    from spar_fast.segmentation.dino_affinity import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        dino_features,
+        load_dino,
+    )
+
+    bb, image, weights = FakeBackbone(), _image(40, 56), Weights.parse("random:1")
+    feats, patch = dino_features(bb, image, [(0, 0, 40, 56)], weights)
+    assert patch == 16 and feats[0].shape == (3, 4, 768)
+    model = load_dino(weights, "cpu")
+    block = model.blocks[-1]
+    seen = {}
+    hook = block.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    x = F.pad(image * 0.5 + 0.5, (0, 8, 0, 8))  # FakeBackbone mean = std = 0.5; pad to 48 x 64
+    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    with torch.no_grad():
+        model(x[None])
+    hook.remove()
+    qkv = block.attn.qkv
+    want = F.linear(block.norm1(seen["x"]), qkv.weight[1536:], qkv.bias[1536:])[0, 1:].reshape(3, 4, 768)
+    torch.testing.assert_close(feats[0], want.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_segment_with_dino_affinity():
+    labels = segment(FakeBackbone(), _image(40, 56), CLASSES, refine="lposs", out_hw=(20, 28),
+                     lposs=LpossSettings(affinity="dino", dino_weights="random", k=10))
+    assert labels.shape == (20, 28)
+    with pytest.raises(UserError, match="dino_weights"):
+        LpossSettings(affinity="dino", dino_weights="/no/such/file.pth")

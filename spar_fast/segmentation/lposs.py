@@ -39,6 +39,14 @@ GAMMA_DISTILLED_SINGLE = 10.0  # SPAR supplementary §9: SPAR's single pass
 GAMMA_DEFAULT = 1.0  # SPAR supplementary §9: pretrained single pass and sliding window
 
 
+def _weights_problem(value) -> str | None:
+    try:
+        Weights.parse(value)
+    except UserError as exc:
+        return f"is not usable: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class LpossSettings:
     """LPOSS / LPOSS+ hyper-parameters (defaults: LPOSS's configs; gamma: :func:`default_gamma`)."""
@@ -58,7 +66,8 @@ class LpossSettings:
     iters: int = option(10, "conjugate-gradient iterations (from 0)", check=at_least(1))
     affinity: str = option("backbone", "graph features: the backbone's dense features, or DINO "
                                        "ViT-B/16 last-block values", choices=("backbone", "dino"))
-    dino_weights: str = option("hub", "DINO weights for affinity=dino: hub, random[:SEED] or a path")
+    dino_weights: str = option("hub", "DINO weights for affinity=dino: hub, random[:SEED] or a path",
+                               check=_weights_problem)
 
     def __post_init__(self):
         check_fields(self)
