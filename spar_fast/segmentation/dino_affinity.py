@@ -78,8 +78,8 @@ def dino_features(bb, image: torch.Tensor, boxes, weights: Weights) -> tuple[lis
             h, w = chunk[0][2], chunk[0][3]  # one window size per call (single pass or sliding)
             crops = torch.stack([rgb[:, y:y + h, x:x + w] for y, x, _, _ in chunk])
             crops = F.pad(crops, (0, -w % DINO_PATCH, 0, -h % DINO_PATCH))
-            crops = (crops - crops.new_tensor(IMAGENET_MEAN)[:, None, None]) / crops.new_tensor(IMAGENET_STD)[:, None, None]
-            model(crops)
+            model((crops - crops.new_tensor(IMAGENET_MEAN)[:, None, None])
+                  / crops.new_tensor(IMAGENET_STD)[:, None, None])
             dim = captured["qkv"].shape[-1] // 3
             values = captured["qkv"][:, model.num_prefix_tokens:, 2 * dim:]  # [B, T, 768]
             gh, gw = crops.shape[-2] // DINO_PATCH, crops.shape[-1] // DINO_PATCH
