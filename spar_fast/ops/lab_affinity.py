@@ -120,7 +120,9 @@ def _lab_affinity_cpp(lab, x, scale, radius, tau):
 
 
 def _triton_accepts(lab, x, scale, radius, tau) -> str | None:
-    return None if x.dtype == torch.float32 else "runs float32 only"
+    if x.dtype != torch.float32:
+        return "runs float32 only"
+    return None if x.numel() < 2 ** 31 else "indexes with int32 (H*W*Q < 2**31)"
 
 
 @LAB_AFFINITY.register("triton", available=_backend.triton_device, accepts=_triton_accepts)

@@ -95,16 +95,17 @@ def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.T
     rho = (r * r).sum(0)  # [Q]
     limit = tol * rho.sqrt()
     active = rho > 0
-    for _ in range(iters):
+    for _ in range(iters):  # in place: x, r, p and q are the only [N, Q] buffers
         if not bool(active.any()):
             break
         q = apply(p)
         alpha = torch.where(active, rho / (p * q).sum(0), 0.0)
-        x += alpha * p
-        r -= alpha * q
+        x.addcmul_(p, alpha)
+        r.addcmul_(q, alpha, value=-1.0)
+        del q
         rho_next = (r * r).sum(0)
         active = active & (rho_next.sqrt() > limit)
-        p = r + torch.where(active, rho_next / rho, 0.0) * p
+        p.mul_(torch.where(active, rho_next / rho, 0.0)).add_(r)
         rho = rho_next
     return x
 
@@ -133,7 +134,7 @@ def propagate_pixels(rgb: torch.Tensor, scores: torch.Tensor, alpha: float, tau:
         dinv = torch.where(degree > 0, degree.clamp_min(torch.finfo(y.dtype).tiny).rsqrt(), 1.0)
 
         def apply(x):
-            return x - alpha * lab_affinity(lab, x, dinv, radius, tau)
+            return lab_affinity(lab, x, dinv, radius, tau).mul_(-alpha).add_(x)
     else:
         mat = lab_affinity_matrix(lab, radius, tau)
         degree = mat @ y.new_ones((H * W, 1))
