@@ -4,8 +4,9 @@ Groups (one per problem size, ``H x W`` image, ``Q`` classes, radius 6 = 168 nei
 * ``pixel stage`` — :func:`spar_fast.segmentation.propagation.propagate_pixels`: Lab conversion,
   degree, 10 CG iterations. ``reference``: the explicit CSR matrix, built once, 11 sparse
   products; ``cpp`` (CPU) / ``triton`` (GPU): matrix-free, weights recomputed in every product.
-  Peak memory of each variant is measured in a fresh process (``peak_rss_mb`` above the memory
-  after the inputs exist; ``cuda_peak_mb`` on GPU) and stored in ``extra_info``.
+  Peak memory of each variant is measured in a fresh process (``peak_rss_mb``: peak resident
+  memory above the memory once the inputs exist; ``cuda_peak_mb`` on GPU) and stored in
+  ``extra_info`` with that run's time (``seconds``).
 * ``product`` — one ``S W S x``: ``reference`` = the prebuilt CSR matrix (build not timed).
 Sizes: 1024x2048 with 19 classes (Cityscapes) in full mode, 128x256 under SPAR_FAST_BENCH_QUICK=1.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -49,6 +49,14 @@ def _stage(rgb, scores, variant):
     return propagate_pixels(rgb, scores, ALPHA, TAU, RADIUS, iters=10, fused=variant != "reference")
 
 
+def _peak_rss_mb() -> float:
+    """This process image's peak resident memory (VmHWM; getrusage's ru_maxrss would carry over
+    the peak of the process that forked it, here the benchmark session)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def _probe(variant, H, W, Q, device):
     """Run the pixel stage once in this (fresh) process; its peak memory and time as a dict."""
     device = torch.device(device)
@@ -65,8 +73,7 @@ def _probe(variant, H, W, Q, device):
     _stage(rgb, scores, variant)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    facts = {"seconds": round(time.perf_counter() - start, 3),
-             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb, 1)}
+    facts = {"seconds": round(time.perf_counter() - start, 3), "peak_rss_mb": round(_peak_rss_mb() - base_mb, 1)}
     if device.type == "cuda":
         facts["cuda_peak_mb"] = round((torch.cuda.max_memory_allocated() - base_cuda) / 2**20, 1)
     return facts
