@@ -21,6 +21,11 @@ def _has_cpp() -> bool:
     return _backend.cpu_extension(torch.device("cpu"))
 
 
+def _device(backend: str) -> torch.device:
+    """Triton runs on the GPU when there is one, else on CPU tensors through its interpreter."""
+    return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
+
+
 BACKENDS = backend_params(
     pytest.param("cpp", marks=pytest.mark.skipif(not _has_cpp(), reason="spar_fast._C not built")),
     pytest.param("triton", marks=pytest.mark.skipif(not _backend.triton_available(), reason="no Triton")),
@@ -85,7 +90,8 @@ def test_fast_matches_reference(backend, dtype, case, monkeypatch):
         pytest.skip("the Triton kernel runs float32 (float64 falls back)")
     monkeypatch.setenv("SPAR_FAST_BACKEND_LAB_AFFINITY", backend)
     lab, x, scale = _inputs(H, W, Q, dtype, with_scale=with_scale)
-    got = lab_affinity(lab, x, scale, radius, tau)
+    dev = _device(backend)
+    got = lab_affinity(lab.to(dev), x.to(dev), None if scale is None else scale.to(dev), radius, tau).cpu()
     ref = lab_affinity_reference(lab, x, scale, radius, tau)
     assert got.dtype == dtype and got.shape == (H * W, Q)
     bound = _error_bound(lab, x, scale, radius, tau)
@@ -99,7 +105,7 @@ def test_far_colours_give_zero_weight(backend, monkeypatch):
     monkeypatch.setenv("SPAR_FAST_BACKEND_LAB_AFFINITY", backend)
     lab = torch.zeros(5, 6, 3)
     lab[2, 3] = 1.0
-    deg = lab_affinity_degree(lab, radius=6, tau=0.01)
+    deg = lab_affinity_degree(lab.to(_device(backend)), radius=6, tau=0.01).cpu()
     assert bool(torch.isfinite(deg).all()) and float(deg[2 * 6 + 3]) < 1e-37
     torch.testing.assert_close(deg, lab_affinity_degree(lab, 6, 0.01, fused=False), rtol=1e-6, atol=1e-37)
 
@@ -109,7 +115,7 @@ def test_degree_counts_neighbours_of_a_flat_image(backend, monkeypatch):
     # equal colours: every weight is 1, so the degree is the number of neighbours inside the image
     monkeypatch.setenv("SPAR_FAST_BACKEND_LAB_AFFINITY", backend)
     H, W, r = 9, 15, 3
-    deg = lab_affinity_degree(torch.full((H, W, 3), 0.4), radius=r).reshape(H, W)
+    deg = lab_affinity_degree(torch.full((H, W, 3), 0.4, device=_device(backend)), radius=r).cpu().reshape(H, W)
     rows = torch.tensor([min(y + r, H - 1) - max(y - r, 0) + 1 for y in range(H)])
     cols = torch.tensor([min(x + r, W - 1) - max(x - r, 0) + 1 for x in range(W)])
     assert torch.equal(deg, (rows[:, None] * cols[None, :] - 1).float())
