@@ -209,3 +209,19 @@ def test_segment_with_dino_affinity():
     assert labels.shape == (20, 28)
     with pytest.raises(UserError, match="dino_weights"):
         LpossSettings(affinity="dino", dino_weights="/no/such/file.pth")
+
+
+def test_slide_nodes_are_all_windows_patches_at_their_image_centres(monkeypatch):
+    # FakeBackbone: window 32, patch 8 -> 4x4 patches per window; 40x56 at stride 16: windows at
+    # rows (0, 8), columns (0, 16, 24): 6 windows, 96 nodes, centres origin + 4 + 8 * index
+    seen = {}
+
+    def capture(feats, centres, scores, *args):
+        seen.update(feats=feats, centres=centres)
+        return scores
+    monkeypatch.setattr(lposs, "propagate_patches", capture)
+    segment(FakeBackbone(), _image(40, 56), CLASSES, mode="slide", stride=16, refine="lposs")
+    assert seen["feats"].shape == (96, FakeBackbone.feature_dim)
+    origins = [(y, x) for y in (0, 8) for x in (0, 16, 24)]
+    want = torch.tensor([[y + 4 + 8 * i, x + 4 + 8 * j] for y, x in origins for i in range(4) for j in range(4)])
+    assert torch.equal(seen["centres"], want.float())
