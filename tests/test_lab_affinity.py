@@ -171,3 +171,19 @@ def test_triton_kernel_compiles_for_hopper():
     run = subprocess.run([sys.executable, "-c", COMPILE_CHECK, str(path)], env=env, capture_output=True,
                          text=True, timeout=300, check=False)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_equals_eager(backend, monkeypatch):
+    """torch.compile runs through the dispatch and the compiled / Triton op (its fake gives the shape)."""
+    monkeypatch.setenv("SPAR_FAST_BACKEND_LAB_AFFINITY", backend)
+    lab, x, scale = _inputs(6, 9, 4, torch.float32)
+    dev = _device(backend)
+    lab, x, scale = lab.to(dev), x.to(dev), scale.to(dev)
+
+    def normalized_step(x):  # one CG operator application, as in LPOSS+
+        return x - 0.95 * lab_affinity(lab, x, scale, 2, 0.05)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(normalized_step, backend="aot_eager")
+    assert torch.equal(compiled(x), normalized_step(x))
