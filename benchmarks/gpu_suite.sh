@@ -60,7 +60,7 @@ except ImportError:
 print(json.dumps(env))
 PY
 
-benches=(teacher stitch varlen_attention train_step loader segment memory)
+benches=(teacher stitch varlen_attention train_step loader segment memory lab_affinity)
 files=(); for name in "${benches[@]}"; do files+=("benchmarks/bench_$name.py"); done
 if [ "$dry" = 1 ]; then
   export SPAR_FAST_BENCH_QUICK=1
@@ -77,11 +77,11 @@ else
   step build 180 python3 setup.py build_ext --inplace
   step cuda_built 30 python3 -c "import spar_fast._C as C, sys; sys.exit(0 if C.has_cuda() else 'CUDA kernels not built')"
   step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_stitch.py tests/test_varlen_attention.py \
-    tests/test_seg_head.py tests/test_packed_forward.py tests/test_loader.py tests/test_fp8.py \
+    tests/test_seg_head.py tests/test_lab_affinity.py tests/test_packed_forward.py tests/test_loader.py tests/test_fp8.py \
     tests/test_trainer.py::test_step_makes_no_host_sync_on_cuda
   # one process per file, each capped (seconds), so a slow file cannot take the others' time
   declare -A cap=([teacher]=60 [stitch]=30 [varlen_attention]=40 [train_step]=60 [loader]=30 [segment]=45
-                  [memory]=45)
+                  [memory]=45 [lab_affinity]=90)
   for name in "${benches[@]}"; do
     step "bench_$name" "${cap[$name]}" python3 -m pytest "benchmarks/bench_$name.py" --benchmark-only -q \
       -p no:cacheprovider --benchmark-json "$out/bench-$name.json"

@@ -38,12 +38,15 @@ TORCH_LIBRARY(spar_fast, m) {
   // fused segmentation head pass: [h,w,Q] logits (queries sorted by class) -> [H,W] int64 labels
   m.def("seg_head_pass(Tensor x, Tensor qcls, Tensor? qallowed, Tensor y_index, Tensor y_weight, "
         "Tensor x_index, Tensor x_weight, float scale, float bias, float prob_thd) -> Tensor");
+  // LPOSS+ pixel affinity product S W S x, W_ij = exp(-||a_i - a_j||) within radius: [H*W,Q]
+  m.def("lab_affinity_apply(Tensor lab, Tensor x, Tensor? scale, int radius) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(spar_fast, CPU, m) {
   m.impl("upsample_stitch_", &upsample_stitch_cpu);
   m.impl("stitch_finalize", &stitch_finalize_cpu);
   m.impl("seg_head_pass", &seg_head_pass_cpu);
+  m.impl("lab_affinity_apply", &lab_affinity_apply_cpu);
 }
 
 #ifdef SPAR_FAST_WITH_CUDA

@@ -30,6 +30,11 @@ at::Tensor seg_head_pass_cpu(const at::Tensor& x, const at::Tensor& qcls, const 
                              const at::Tensor& yidx, const at::Tensor& ywt, const at::Tensor& xidx,
                              const at::Tensor& xwt, double scale, double bias, double prob_thd);
 
+// y [H*W,Q] = S W S x, W_ij = exp(-||lab_i - lab_j||) over the (2r+1)^2 - 1 neighbours of each
+// pixel of lab [H,W,3] (already divided by tau), S = diag(scale) or I (lab_affinity_cpu.cpp).
+at::Tensor lab_affinity_apply_cpu(const at::Tensor& lab, const at::Tensor& x,
+                                  const std::optional<at::Tensor>& scale, int64_t radius);
+
 #ifdef SPAR_FAST_WITH_CUDA
 // CUDA gather stitch (stitch_cuda.cu): same contract as upsample_stitch_cpu; uses the window
 // taps only (on the canvas's device).

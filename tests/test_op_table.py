@@ -19,7 +19,7 @@ def clean_env(monkeypatch):
 
 def test_every_op_is_declared_with_its_reference():
     declared = ops.table()
-    assert set(declared) == {"stitch", "stitch_finalize", "seg_head", "varlen_attention"}
+    assert set(declared) == {"stitch", "stitch_finalize", "seg_head", "varlen_attention", "lab_affinity"}
     for op in declared.values():
         assert "torch" in op.impls, f"{op.name} has no torch reference"
         for order in op.order.values():

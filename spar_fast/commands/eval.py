@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
                    help="override the per-dataset default probability threshold (in [0, 1])")
     p.add_argument("--area-thd", type=AREA_THD, default=None,
                    help="override the per-dataset default area threshold (>= 0)")
+    from .refine_args import add_refine_args
+    add_refine_args(p)
     p.add_argument("--per-class", action="store_true", help="also print the per-class IoU")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
     p.set_defaults(run=run)
@@ -69,6 +71,8 @@ def run(args) -> int:
     from ..segmentation.query_file import load_query_set
     from .text_args import apply_tokenizer
     queries = load_query_set(args.queries) if args.queries is not None else None
+    from .refine_args import lposs_from_args
+    lposs = lposs_from_args(args)
     bb = load_model(args)
     apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
@@ -76,10 +80,11 @@ def run(args) -> int:
         bb, names, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
         prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
         stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
-        classes=args.classes, split=args.split, on_result=_print_per_class if args.per_class else None)
+        classes=args.classes, split=args.split, refine=args.refine, lposs=lposs,
+        on_result=_print_per_class if args.per_class else None)
     results = runs["results"]
     summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
-               "units": "percent", "queries": args.queries, **runs}
+               "refine": args.refine, "units": "percent", "queries": args.queries, **runs}
     _print_table(results, summary.get("Mean6"))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--area-thd", type=AREA_THD, default=None,
                    help="drop classes 1.. whose area is at most this fraction of classes 1.. "
                         "(default: off)")
+    from .refine_args import add_refine_args
+    add_refine_args(p)
     p.add_argument("-o", "--output", required=True, help="overlay image (.png or .jpg)")
     p.add_argument("--save-mask", default=None, help="also write the label indices as a PNG")
     p.set_defaults(run=run)
@@ -40,6 +42,7 @@ def run(args) -> int:
     from ..segmentation.queries import default_cache_dir
     from .text_args import apply_tokenizer, classes_or_queries
     from ..segmentation.render import overlay, save_mask
+    from .refine_args import lposs_from_args
 
     check_output_file(args.output, (".png", ".jpg", ".jpeg"))
     if args.save_mask:
@@ -51,7 +54,8 @@ def run(args) -> int:
     x = model_input(image, bb, resize=None if args.no_resize else "test")
     labels = segment(bb, x, lines, mode=args.mode, logit_scale=args.logit_scale,
                      prob_thd=args.prob_thd, area_thd=args.area_thd, out_hw=image.shape[:2],
-                     stride=args.stride, cache_dir=default_cache_dir(), queries=queries).cpu().numpy()
+                     stride=args.stride, cache_dir=default_cache_dir(), queries=queries,
+                     refine=args.refine, lposs=lposs_from_args(args)).cpu().numpy()
     overlay(image, labels, lines).save(args.output)
     if args.save_mask:
         save_mask(labels, len(lines), args.save_mask)

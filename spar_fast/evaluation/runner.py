@@ -52,7 +52,8 @@ class EvalOptions:
     (single mode); ``precision`` (:func:`spar_fast.runtime.autocast`); ``device`` (default the
     model's); ``workers``: decoding threads; ``cache_dir``: text-query cache;
     ``tokenizer``: a local tokenizer path; ``progress``: a progress bar; ``split``: a folder
-    dataset's split file ``splits/<split>.txt`` (used when present)."""
+    dataset's split file ``splits/<split>.txt`` (used when present); ``refine`` / ``lposs``:
+    LPOSS / LPOSS+ refinement (:mod:`spar_fast.segmentation.lposs`) and its settings."""
     mode: str = "single"
     limit: int | None = None
     batch_size: int = 1
@@ -64,10 +65,14 @@ class EvalOptions:
     tokenizer: str | None = None
     progress: bool = False
     split: str = "val"
+    refine: str | None = None
+    lposs: object = None  # LpossSettings (spar_fast.segmentation.lposs); None: its defaults
 
     def check(self) -> None:
         if self.mode not in ("single", "slide"):
             raise UserError(f"mode must be 'single' or 'slide', got {self.mode!r}")
+        if self.refine not in (None, "lposs", "lposs+"):
+            raise UserError(f"refine must be None, 'lposs' or 'lposs+', got {self.refine!r}")
         if self.batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -157,14 +162,16 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
             class text: no tokenizer, no text tower.
         logit_scale, prob_thd, area_thd: override the SPEC §5.4 head settings of the backbone
             family (:func:`default_settings`).
+        refine, lposs (also in ``options``): LPOSS / LPOSS+ refinement and its settings, as in
+            :func:`spar_fast.segmentation.segment` (images then go one at a time).
     Returns:
         A dict; every score is a PERCENTAGE (0-100), the unit the CLI prints:
         ``mIoU`` (MMSeg: mean over classes with a non-empty union), ``mIoU_torchmetrics``
         (torchmetrics JaccardIndex), ``mIoU_all_classes`` (absent classes count as 0), ``aAcc``
         (pixel accuracy), ``per_class`` (``{class name: IoU}``, None for a class with an empty
         union), ``IoU`` (the same values as a list in class order), and ``dataset``, ``mode``,
-        ``num_images``, ``settings`` (logit_scale, prob_thd, area_thd used), ``classes`` (the
-        class lines), ``units`` (``"percent"``).
+        ``num_images``, ``refine``, ``settings`` (logit_scale, prob_thd, area_thd used),
+        ``classes`` (the class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
     options = _options(options, option_overrides)
@@ -178,7 +185,8 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
     if options.progress:
         from tqdm.auto import tqdm
         stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({options.mode})", unit="img")
-    for batch in _batches(stream, options.batch_size if options.mode == "single" else 1):
+    one_at_a_time = options.mode == "slide" or options.refine is not None
+    for batch in _batches(stream, 1 if one_at_a_time else options.batch_size):
         images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
         if spec.classes is None:  # a folder's labels are checked against its class list
             for sample, _, label in batch:
@@ -187,7 +195,8 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         for pred, label in zip(_predict(bb, images, labels, lines, head, options, queries), labels):
             confmat.update(pred, label)
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": options.mode,
-                                          "num_images": len(samples), "settings": head.summary(),
+                                          "num_images": len(samples), "refine": options.refine,
+                                          "settings": head.summary(),
                                           "classes": lines},
                       class_names(dataset, lines))
 
@@ -196,9 +205,10 @@ def _predict(bb, images, labels, lines, head: HeadSettings, options: EvalOptions
     """Label maps of a batch of prepared images, each at its label's size."""
     text = dict(precision=options.precision, cache_dir=options.cache_dir, queries=queries,
                 tokenizer=options.tokenizer)
-    if options.mode == "slide":
-        return [segment(bb, images[0], lines, mode="slide", out_hw=labels[0].shape,
-                        stride=options.stride, head=head, **text)]
+    if options.mode == "slide" or options.refine is not None:
+        return [segment(bb, images[0], lines, mode=options.mode, out_hw=labels[0].shape,
+                        stride=options.stride, head=head, refine=options.refine,
+                        lposs=options.lposs, **text)]
     return segment_batch(bb, images, lines, out_hws=[lab.shape for lab in labels], head=head, **text)
 
 

@@ -5,6 +5,8 @@ from .varlen_attention import varlen_attention, varlen_attention_reference  # no
 from .stitch import (stitch_finalize, stitch_finalize_reference, stitch_reference,  # noqa: F401
                      upsample_stitch_, upsample_stitch_reference)
 from .seg_head import seg_head, seg_head_reference  # noqa: F401
+from .lab_affinity import (lab_affinity, lab_affinity_degree, lab_affinity_matrix,  # noqa: F401
+                           lab_affinity_reference)
 
 _backend.on_extension_load(register_fakes)
 

@@ -26,3 +26,7 @@ def register_fakes() -> None:
     def _seg_head_pass_fake(x, qcls, qallowed, y_index, y_weight, x_index, x_weight, scale, bias,
                             prob_thd):
         return x.new_empty((y_index.shape[-1], x_index.shape[-1]), dtype=torch.int64)
+
+    @torch.library.register_fake("spar_fast::lab_affinity_apply")
+    def _lab_affinity_apply_fake(lab, x, scale, radius):
+        return torch.empty_like(x)

@@ -90,7 +90,7 @@ def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_s
             prob_thd: float = 0.0, area_thd: float | None = None, logit_bias: float = 0.0,
             out_hw=None, stride: int = 24, precision: str | None = None, fused: bool = True,
             cache_dir=None, queries=None, tokenizer=None, head: HeadSettings | None = None,
-            amp: str | None = None) -> torch.Tensor:
+            amp: str | None = None, refine: str | None = None, lposs=None) -> torch.Tensor:
     """Label map of one image.
 
     Args:
@@ -109,6 +109,9 @@ def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_s
         queries: a precomputed query file or ``QuerySet`` (``spar-fast queries``) used instead of
             encoding ``classes`` (then None): no tokenizer, no text tower.
         tokenizer: a local tokenizer path for ``bb`` (``Backbone.set_tokenizer``).
+        refine: None, "lposs" or "lposs+": label propagation of the class scores over patches
+            (and pixels) before the postprocess (:mod:`spar_fast.segmentation.lposs`).
+        lposs: a :class:`~spar_fast.segmentation.lposs.LpossSettings` (default: LPOSS's).
     Returns:
         int64 ``[out_h, out_w]`` class indices (line numbers of ``classes``), on the image's device.
     """
@@ -118,6 +121,10 @@ def segment(bb, image: torch.Tensor, classes=None, mode: str = "single", logit_s
                                  area_thd=area_thd)
     queries, q2c, _ = resolve_queries(bb, classes, queries, image.device, cache_dir, tokenizer)
     out = _out_hw(image, out_hw)
+    if refine is not None:
+        from .lposs import lposs_logits
+        logits = lposs_logits(bb, image, queries, refine, mode, lposs, stride, precision)
+        return postprocess(logits, q2c, out, head, fused)
     if mode == "single":
         logits = single_logits(bb, [image], queries, precision)[0]
         return postprocess(logits, q2c, out, head, fused)

@@ -1,0 +1,89 @@
+"""DINO ViT-B/16 affinity features of LPOSS: the last block's attention value vectors.
+
+LPOSS builds its patch graph from DINO ViT-B/16 (``facebookresearch/dino``), reading the output
+of the last block's ``qkv`` projection and keeping the values (12 heads of 64, concatenated:
+``[h, w, 768]``) of the patch tokens. Here the same network is timm's
+``vit_base_patch16_224.dino`` (same layout and parameter names), with weights from the weights
+vocabulary: ``hub`` (timm's copy of the published weights, needs the network once),
+``random[:SEED]`` (seeded, offline) or a local state dict (the official
+``dino_vitbase16_pretrain.pth`` or a timm / safetensors file). Windows are padded right and bottom
+with black to a multiple of 16 and normalized with the ImageNet mean / std, as LPOSS does.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..runtime import Weights
+
+DINO_NAME = "vit_base_patch16_224.dino"
+DINO_PATCH = 16
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BATCH = 60  # windows per forward
+
+
+@functools.lru_cache(maxsize=2)
+def load_dino(weights: Weights, device: str) -> torch.nn.Module:
+    """timm DINO ViT-B/16 (any input size), eval mode, on ``device``."""
+    import timm
+
+    def build(pretrained: bool):
+        return timm.create_model(DINO_NAME, pretrained=pretrained, dynamic_img_size=True, num_classes=0)
+    if weights.kind == "hub":
+        try:
+            model = build(True)
+        except Exception as exc:
+            raise UserError(f"cannot fetch the DINO ViT-B/16 weights ({DINO_NAME}): {exc.__class__.__name__}; "
+                            "offline, use dino_weights='random' or a local file") from exc
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(weights.seed or 0)
+            model = build(False)
+        if weights.kind == "file":
+            _load_state(model, weights.path)
+    return model.eval().to(device)
+
+
+def _load_state(model: torch.nn.Module, path: str) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    missing, _ = model.load_state_dict(state, strict=False)
+    if any(k.startswith(("blocks.", "patch_embed.", "pos_embed")) for k in missing):
+        raise UserError(f"{path} is not a DINO ViT-B/16 state dict (missing e.g. {missing[0]})")
+
+
+@torch.no_grad()
+def dino_features(bb, image: torch.Tensor, boxes, weights: Weights) -> tuple[list[torch.Tensor], int]:
+    """Value vectors ``[ceil(h/16), ceil(w/16), 768]`` of each window ``(y, x, h, w)`` of the
+    normalized ``image [3, H, W]`` (``bb.mean`` / ``bb.std`` undone first), and the patch size."""
+    model = load_dino(weights, str(image.device))
+    mean = image.new_tensor(bb.mean)[:, None, None]
+    std = image.new_tensor(bb.std)[:, None, None]
+    rgb = (image.float() * std + mean).clamp(0, 1)
+    captured = {}
+    hook = model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.__setitem__("qkv", o))
+    try:
+        out = []
+        for start in range(0, len(boxes), BATCH):
+            chunk = boxes[start:start + BATCH]
+            h, w = chunk[0][2], chunk[0][3]  # one window size per call (single pass or sliding)
+            crops = torch.stack([rgb[:, y:y + h, x:x + w] for y, x, _, _ in chunk])
+            crops = F.pad(crops, (0, -w % DINO_PATCH, 0, -h % DINO_PATCH))
+            model((crops - crops.new_tensor(IMAGENET_MEAN)[:, None, None])
+                  / crops.new_tensor(IMAGENET_STD)[:, None, None])
+            dim = captured["qkv"].shape[-1] // 3
+            values = captured["qkv"][:, model.num_prefix_tokens:, 2 * dim:]  # [B, T, 768]
+            gh, gw = crops.shape[-2] // DINO_PATCH, crops.shape[-1] // DINO_PATCH
+            out.extend(values.float().reshape(len(chunk), gh, gw, dim))
+    finally:
+        hook.remove()
+    return out, DINO_PATCH
