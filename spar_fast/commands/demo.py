@@ -28,6 +28,9 @@ def run(args) -> int:
     check_output_dir(args.out)
     resolve_device(args.device)
     report = run_demo(args.out, tiny=args.tiny, device=args.device, progress=not args.quiet)
+    if report.get("world"):
+        _print_world(report, args.out)
+        return 0
     s = report["settings"]
     print(f"\nbackbone {s['backbone']} (weights {report['weights']}), images {s['image_hw'][0]}x"
           f"{s['image_hw'][1]}, stride {s['stride']}, {s['epochs']} epochs, device {report['device']}")
@@ -49,3 +52,19 @@ def run(args) -> int:
               "distillation closes it (the paper's result).")
     print(f"outputs: {args.out} (report.json, pca.png, run/metrics.jsonl, run/loss.png, {report['student']})")
     return 0
+
+
+def _print_world(report: dict, out: str) -> None:
+    """The offline demo's numbers: mIoU per image side for the three models, and the timing."""
+    print(f"\nthe synthetic world (backbone {report['backbone']}, pretrained at 128 px; student: "
+          f"{report['unfreeze']} distilled from the stride-24 teacher)")
+    print(f"  {'side':>6}{'single pass':>14}{'teacher':>10}{'SPAR student':>14}   seconds per image "
+          "(single / teacher / student)")
+    for row in report["sides"]:
+        s, t, st = row["single"], row["teacher"], row["student"]
+        print(f"  {row['side']:>6}{s['mIoU']:>14.1f}{t['mIoU']:>10.1f}{st['mIoU']:>14.1f}   "
+              f"{s['seconds_per_image']:.3f} / {t['seconds_per_image']:.3f} / {st['seconds_per_image']:.3f}")
+    print("mIoU in percent (MMSeg) on held-out world scenes; stages: " +
+          ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in report["stages"].items()))
+    print(f"outputs: {out} (report.json, panels.png: image | ground truth | single pass | teacher | "
+          "SPAR student, and their features on the teacher's PCA basis)")

@@ -100,8 +100,9 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def choose_weights(settings: DemoSettings, tiny: bool, say) -> str:
-    """``"hub"`` when the hub weights of the backbone load, else ``"random:0"`` (with a notice):
-    a seeded random init that the teacher and the student rebuild identically, no file written.
+    """``"hub"`` when the hub weights of the backbone load, else ``"random:0"``: a seeded random
+    init that the teacher and the student rebuild identically, no file written (the tiny config;
+    :func:`run_demo` runs the synthetic world instead of random real-size weights).
 
     Without a route to the hub only the local cache is tried (no download retries)."""
     if tiny:
@@ -116,8 +117,9 @@ def choose_weights(settings: DemoSettings, tiny: bool, say) -> str:
         return "hub"
     except Exception as exc:  # no route to the hub and no cached copy, ...
         say(f"NOTICE: pretrained {settings.backbone} weights could not be loaded "
-            f"({exc.__class__.__name__}); using the seeded random initialization random:0. The "
-            "numbers below show the mechanics, not the paper's quality.")
+            f"({exc.__class__.__name__}); running the demo on the synthetic world instead "
+            "(spar_fast.world: a small ViT pretrained here, offline, at 128 px only, where the "
+            "sliding-window teacher beats the single pass and distillation can be measured).")
         return "random:0"
     finally:
         hub.HF_HUB_OFFLINE = offline
@@ -208,6 +210,9 @@ def run_demo(out_dir: str = "runs/demo", tiny: bool = False, device=None, progre
     train_paths = write_photos(os.path.join(out_dir, "images", "train"), TRAIN_PHOTOS, settings.image_hw)
     held_paths = write_photos(os.path.join(out_dir, "images", "heldout"), HELDOUT_PHOTOS, settings.image_hw)
     weights = choose_weights(settings, tiny, say)
+    if weights != "hub" and not tiny:
+        from .world_demo import run_world_demo
+        return run_world_demo(out_dir, progress=progress, say=say)
     stages["prepare_s"] = time.perf_counter() - t0
     say(f"demo: {settings.backbone} ({weights}), {len(train_paths)} train + {len(held_paths)} held-out "
         f"photos at {settings.image_hw[0]}x{settings.image_hw[1]}, stride {settings.stride}, "
