@@ -52,6 +52,11 @@ def add_parser(subparsers) -> None:
                    help="SPAR augmentation: default (scale 2048x1024, rho in [0.5,1]), extended "
                         "(2560x2560, rho in [0.2,1]) or none (only resized to multiples of 16, "
                         "short side >= 512)")
+    from ..options import in_range
+    from .config_args import arg_type
+    p.add_argument("--augment-scale", type=arg_type(float, in_range(0.0625, 4.0)), default=1.0,
+                   help="multiply the augmentation's sizes (its scale and the 512 px minimum side), "
+                        "e.g. 0.5 for the synthetic world's 128 px window (default: %(default)s, the SPEC)")
     p.add_argument("--dtype", choices=tuple(TARGET_DTYPES), default="fp16",
                    help="stored target precision (default: fp16)")
     p.add_argument("--device", default=None,
@@ -104,7 +109,7 @@ def run(args) -> int:
                                stride=args.stride, augment=args.augment, dtype=args.dtype,
                                device=args.device, seed=args.seed, shard_size=args.shard_size,
                                limit=args.limit, max_pixels=args.max_pixels, progress=args.progress,
-                               decode=args.decode)
+                               decode=args.decode, augment_scale=args.augment_scale)
     if dist_env()[0] == 0:
         print(format_summary(summary))
     return 0

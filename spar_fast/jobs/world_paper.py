@@ -2,7 +2,7 @@
 
 1. The world backbone (pretrained at its native 128 px only; cached) and the world on disk.
 2. Teacher targets of the unlabelled images (sliding window at stride 24, SPAR augmentation with
-   sizes scaled by window / 512), then one distillation per unfreeze setting.
+   sizes scaled by :data:`AUGMENT_SCALE`), then one distillation per unfreeze setting.
 3. Held-out mIoU at each image side (the ``folder`` dataset, MMSeg mIoU) for the pretrained
    single pass, the sliding-window teacher and the students -- Fig. 3 in miniature; mIoU against
    time per image at the largest side with the teacher at several strides -- Fig. 1; and the
@@ -25,7 +25,11 @@ from ..world.dataset import WorldLayout, val_split, write_world
 from ..world.pretrain import PretrainConfig
 
 DEFAULT_UNFREEZE = "blk_-1,blk_-2"
-AUGMENT_SCALE = float(os.environ.get("WORLD_AUG", "0.5"))
+# The SPAR augmentation's sizes times 0.5: training images of 256-768 px (2-6 windows a side)
+# whose objects keep about their size (the resize factor of a 384x576 source is 1.33 rho, rho in
+# [0.5, 1]); the world's objects have a fixed pixel size, so a smaller scale would train on
+# shrunken objects that no held-out scene contains.
+AUGMENT_SCALE = 0.5
 UNFREEZE_NAMES = {"blk_-1": "last block", "blk_-1,blk_-2": "last 2 blocks", "all": "all"}
 
 
