@@ -29,6 +29,7 @@ import torch
 
 from .. import _backend
 from ..errors import UserError
+from .triton_kernels import triton_kernels
 
 DTYPES = (torch.float32, torch.float64)
 
@@ -132,7 +133,7 @@ def _triton_accepts(lab, x, scale, radius, tau) -> str | None:
 
 @LAB_AFFINITY.register("triton", available=_backend.triton_device, accepts=_triton_accepts)
 def _lab_affinity_triton(lab, x, scale, radius, tau):
-    kernels = _backend.triton_kernels("lab_affinity")
+    kernels = triton_kernels("lab_affinity")
     return kernels.lab_affinity_apply((lab / tau).contiguous(), x.contiguous(),
                                       None if scale is None else scale.contiguous(), radius)
 
