@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from spar_fast.cli import main
-from spar_fast.evaluation import DATASETS
+from spar_fast.evaluation.datasets import BENCHMARKS
 from test_datasets import make_dataset
 
 TINY = ["--backbone", "siglip2-tiny", "--device", "cpu"]
@@ -134,7 +134,7 @@ def test_eval_all(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert rc == 0 and "Mean6" in printed
     res = json.loads(out.read_text())
-    assert [r["dataset"] for r in res["results"]] == list(DATASETS)
+    assert [r["dataset"] for r in res["results"]] == list(BENCHMARKS)
     assert res["Mean6"] == pytest.approx(sum(r["mIoU"] for r in res["results"]) / 6)
 
 

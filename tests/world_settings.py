@@ -6,7 +6,7 @@ from spar_fast.world.dataset import WorldLayout
 
 SIDE = 512  # 4x the native side: the largest evaluated side (16x the native area)
 CI_LAYOUT = WorldLayout(val_sides=(SIDE,), unlabelled_count=120)
-CI_TRAIN = TrainConfig(epochs=4, lr=3e-4, progress=False)
+CI_TRAIN = TrainConfig(epochs=4, lr=1e-4, progress=False)
 
 
 def gain_holds(single: float, teacher: float, student: float) -> tuple[bool, str]:

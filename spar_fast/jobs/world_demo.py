@@ -23,7 +23,7 @@ from ..world.dataset import WorldLayout, val_split, write_world
 from .world_paper import distill_world, evaluate_split
 
 DEMO_LAYOUT = WorldLayout(val_sides=(128, 256, 512), val_pixels=6 * 512 * 512, unlabelled_count=120)
-DEMO_TRAIN = TrainConfig(epochs=4, lr=3e-4)
+DEMO_TRAIN = TrainConfig(epochs=4, lr=1e-4)
 UNFREEZE = "blk_-1,blk_-2"
 REPORT = "report.json"
 
