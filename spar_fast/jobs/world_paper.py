@@ -77,7 +77,7 @@ def evaluate_split(bb, root: str, split: str, queries, mode: str = "single", str
             "images": result["num_images"], "seconds_per_image": seconds / result["num_images"]}
 
 
-def distill_world(world, images: str, out: str, unfreeze: tuple[str, ...], train_cfg: TrainConfig,
+def distill_world(world, images: str, out: str, unfreeze: tuple[str, ...], train_cfg: TrainConfig, *,
                   stride: int = 24, teacher_fn=None, augment_scale: float | None = None,
                   log=print) -> dict[str, str]:
     """Teacher targets of ``images`` into ``out/store`` then one student per unfreeze setting:
@@ -108,7 +108,7 @@ def run_paper(out: str, settings: PaperSettings = PaperSettings(), log=print) ->
     world = world_backbone(settings.pretrain, progress=settings.train.progress, log=log)
     root = write_world(os.path.join(out, "world"), settings.layout, progress=settings.train.progress)
     students = distill_world(world, os.path.join(root, "unlabelled"), out, settings.unfreeze,
-                             settings.train, settings.stride, log)
+                             settings.train, stride=settings.stride, log=log)
     evals = _Evals(os.path.join(out, "evals.json"))
     queries = world.query_set()
     pretrained = world.load()
