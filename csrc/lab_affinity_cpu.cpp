@@ -14,34 +14,16 @@
 #include <cstring>
 #include <vector>
 
+#include "fast_exp.h"
 #include "ops.h"
 
 namespace {
 
-// exp(x) for x <= 0 in fp32, vectorizable (no libm call): n = round(x / ln2) by the 1.5 * 2^23
-// trick, r = x - n ln2 with a two-part ln2 (Cody-Waite), the Cephes degree-6 polynomial for
-// exp(r) on |r| <= ln2/2, and 2^n built in the exponent bits. Max relative error ~2 ulp.
-// Below -87 (where fp32 exp becomes denormal) it returns 0: such a weight is < 2e-38 and the
-// sums it enters are either 0 as well (an isolated pixel, whose degree is then set to 1) or
-// dominated by normal terms.
+// exp(x) for x <= 0 (fast_exp.h). Below -87 (where fp32 exp becomes denormal) it returns 0: such
+// a weight is < 2e-38 and the sums it enters are either 0 as well (an isolated pixel, whose
+// degree is then set to 1) or dominated by normal terms.
 inline float exp_nonpositive(float x) {
-  const bool tiny = x < -87.0f;
-  x = tiny ? -87.0f : x;
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + round_magic) - round_magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return tiny ? 0.0f : poly * scale;
+  return x < -87.0f ? 0.0f : spar_fast::exp_nonpositive_clamped(x);
 }
 
 inline float exp_neg(float x) { return exp_nonpositive(x); }
