@@ -74,6 +74,26 @@ def extension():
 _ON_EXTENSION_LOAD: list[Callable[[], None]] = []
 
 
+def compiled_op_exists(name: str) -> bool:
+    """Whether the loaded ``spar_fast._C`` registers ``torch.ops.spar_fast.<name>``. False for a
+    build older than the sources (after a ``git pull`` without ``pip install -e .``), with a
+    one-time message: the op then runs its next implementation instead of failing."""
+    if extension() is None:
+        return False
+    try:
+        getattr(torch.ops.spar_fast, name)
+        return True
+    except (AttributeError, RuntimeError):
+        warn_once(f"_C-{name}", f"spar_fast._C has no op {name!r} (built from older sources; rebuild "
+                                "with `pip install -e . --no-build-isolation`); using the next "
+                                "implementation")
+        return False
+
+
+def _with_compiled_op(available: Callable[[torch.device], bool], name: str) -> Callable[[torch.device], bool]:
+    return lambda device: available(device) and compiled_op_exists(name)
+
+
 def on_extension_load(hook: Callable[[], None]) -> None:
     """Run ``hook()`` once ``spar_fast._C`` has loaded (now, if it already has): the ops register
     the fake implementations of the compiled ops this way."""
@@ -163,7 +183,8 @@ class Op:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
         def add(fn):
-            self.impls[backend] = Impl(backend, fn, available, accepts, compiled)
+            usable = available if compiled is None else _with_compiled_op(available, compiled)
+            self.impls[backend] = Impl(backend, fn, usable, accepts, compiled)
             return fn
         return add
 

@@ -69,3 +69,22 @@ def test_warn_once(clean_env):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _backend.warn_once("k", "second")  # same key: silent
+
+
+def test_compiled_op_missing_from_an_older_build_falls_back(clean_env):
+    """A ``_C`` built from older sources lacks a newer op: its implementation is unavailable (one
+    message) and the op runs the next one instead of failing."""
+    row = _backend.Op("stale_probe", {"cpu": ("cpp",)})
+
+    @row.register("torch", available=lambda device: True)
+    def _reference(x):
+        return x + 1
+
+    @row.register("cpp", available=lambda device: True, compiled="op_not_in_this_build")
+    def _compiled(x):
+        raise AssertionError("must not run")
+
+    with pytest.warns(RuntimeWarning, match="no op 'op_not_in_this_build'"):
+        assert row.run(CPU, torch.zeros(2)).tolist() == [1.0, 1.0]
+    assert not _backend.compiled_op_exists("op_not_in_this_build")
+    assert _backend.extension() is None or _backend.compiled_op_exists("seg_head_pass")
