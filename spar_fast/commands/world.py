@@ -45,19 +45,11 @@ def run(args) -> int:
               f"training images: {root}/unlabelled)")
         return 0
     from ..jobs.world_paper import PaperSettings, run_paper
-    from ..train.config import TrainConfig
     check_output_dir(args.out)
-    base = PaperSettings()
-    settings = PaperSettings(train=TrainConfig(**{**_train_fields(base.train), "progress": progress}))
-    report = run_paper(args.out, settings)
+    report = run_paper(args.out, PaperSettings(train=PaperSettings().train.replace(progress=progress)))
     print_report(report)
     print(f"outputs: {args.out} (report.json, fig3.png, fig1.png)")
     return 0
-
-
-def _train_fields(cfg) -> dict:
-    from dataclasses import fields
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
 def print_report(report: dict) -> None:

@@ -141,16 +141,12 @@ def folder_class_lines(root) -> list[str]:
 
 
 def _folder_samples(d: Path, split: str) -> list[Sample]:
-    split_file = d / "splits" / f"{split}.txt"
-    if split_file.is_file():
-        ids = _split_ids(split_file)
-    else:
-        ids = sorted(p.stem for p in (d / "images").iterdir()
-                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     by_stem = {}
     for p in sorted((d / "images").iterdir()):
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
             by_stem.setdefault(p.stem, p)
+    split_file = d / "splits" / f"{split}.txt"
+    ids = _split_ids(split_file) if split_file.is_file() else sorted(by_stem)
     return _paired(ids, lambda i: by_stem.get(i, d / "images" / f"{i}.png"),
                    lambda i: d / "labels" / f"{i}.png", "folder dataset")
 

@@ -56,7 +56,10 @@ class _Evals:
 
     def __init__(self, path: str):
         self.path = path
-        self.done = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {}
+        self.done = {}
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                self.done = json.load(f)
 
     def get(self, key: str, compute) -> dict:
         if key not in self.done:
