@@ -131,7 +131,7 @@ class CMakeBuild(build_ext):
 setup(
     packages=find_packages(include=["spar_fast", "spar_fast.*"]) + ["spar_fast.kernels"],
     package_dir={"spar_fast": "spar_fast", "spar_fast.kernels": "kernels"},
-    package_data={"spar_fast.backbones": ["configs/*.json"]},
+    package_data={"spar_fast.backbones": ["configs/*.json"], "spar_fast.jobs.serve": ["page.html"]},
     ext_modules=[Extension("spar_fast._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

@@ -24,12 +24,18 @@ def palette(n: int) -> np.ndarray:
     return colors
 
 
+def blend(image: np.ndarray, labels: np.ndarray, num_classes: int) -> Image.Image:
+    """Photo ``uint8 [H, W, 3]`` blended (opacity ``ALPHA``) with the colors of ``labels [H, W]``."""
+    colors = palette(num_classes)
+    mixed = image.astype(np.float32) * (1 - ALPHA) + colors[labels].astype(np.float32) * ALPHA
+    return Image.fromarray(np.rint(mixed).astype(np.uint8))
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, lines: list[str]) -> Image.Image:
     """Photo ``uint8 [H, W, 3]`` blended with the colors of ``labels [H, W]``, plus a legend of
     the classes present (first name of each line) on the right."""
     colors = palette(len(lines))
-    blend = (image.astype(np.float32) * (1 - ALPHA) + colors[labels].astype(np.float32) * ALPHA)
-    canvas = Image.fromarray(np.rint(blend).astype(np.uint8))
+    canvas = blend(image, labels, len(lines))
     present = np.unique(labels).tolist()
     row, pad = 18, 6
     names = [display_name(lines[k]) for k in present]
@@ -45,11 +51,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, lines: list[str]) -> Image.Im
     return out
 
 
-def save_mask(labels: np.ndarray, num_classes: int, path: str) -> None:
-    """Label indices as a PNG: palette mode up to 256 classes, else 16-bit grey."""
+def mask_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """Label indices ``[H, W]`` as an image: palette mode up to 256 classes, else 16-bit grey."""
     if num_classes <= 256:
         img = Image.fromarray(labels.astype(np.uint8), mode="P")
         img.putpalette(palette(256).flatten().tolist())
-    else:
-        img = Image.fromarray(labels.astype(np.uint16))
-    img.save(path)
+        return img
+    return Image.fromarray(labels.astype(np.uint16))
+
+
+def save_mask(labels: np.ndarray, num_classes: int, path: str) -> None:
+    """Label indices as a PNG (:func:`mask_image`)."""
+    mask_image(labels, num_classes).save(path)
