@@ -13,6 +13,12 @@ MAX_PIXELS = 1 << 24
 MAX_UPLOAD_MB = 32  # one request body (the image, and a query file, base64-encoded in JSON)
 
 
+def _port(value) -> str | None:
+    """Check: a TCP port number (0: the system picks a free one)."""
+    problem = at_least(0)(value)
+    return problem or (f"must be <= 65535, got {value}" if value > 65535 else None)
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """Settings of ``spar-fast serve`` (:func:`spar_fast.jobs.serve.make_server`).
@@ -25,7 +31,7 @@ class ServeOptions:
 
     host: str = option("127.0.0.1", "address to listen on (another machine reaches the page only "
                                     "if this is not 127.0.0.1)")
-    port: int = option(7860, "port to listen on (0: a free port)", check=at_least(0))
+    port: int = option(7860, "port to listen on (0: a free port)", check=_port)
     examples: str | None = option(None, "folder of images, class files (.txt) and query files "
                                         "(.safetensors) offered by name on the page", kind=str)
     max_pixels: int = option(MAX_PIXELS, "largest image accepted, in pixels (its header is read "
