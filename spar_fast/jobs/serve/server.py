@@ -162,6 +162,8 @@ def serve(options: ServeOptions) -> None:
               file=sys.stderr)
     try:
         server.serve_forever()
+    except KeyboardInterrupt:
+        print("spar-fast serve: stopped", file=sys.stderr)
     finally:
         server.server_close()
         server.slot.release()
