@@ -150,6 +150,58 @@ def test_protocol_errors(server):
     assert status == 404 and "unknown image 'outdoor.txt'" in answer["error"]
 
 
+def test_only_loopback_names_are_answered(server):
+    """A page elsewhere that points its own name at 127.0.0.1 (DNS rebinding) gets nothing."""
+    for method in ("GET", "POST"):
+        status, answer = request(server, method, "/api/config" if method == "GET" else "/api/segment",
+                                 b"{}", {"Host": "attacker.example:80", "Content-Type": "application/json"})
+        assert status == 403 and "answers only at http://127.0.0.1:" in answer["error"], answer
+    status, _ = request(server, "GET", "/api/config", headers={"Host": f"localhost:{server.server_address[1]}"})
+    assert status == 200
+
+
+def test_page_headers(server):
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert "default-src 'none'" in resp.getheader("Content-Security-Policy")
+    assert resp.getheader("Content-Type") == "text/html; charset=utf-8"
+
+
+def test_requests_at_once_take_turns(server, monkeypatch):
+    """Three clients at once: all answered, never two segmentations at the same time."""
+    import spar_fast.jobs.serve.server as server_module
+
+    active, most, answers = [], [], []
+    real = server_module.run_segment
+
+    def counted(*args):
+        active.append(1)
+        most.append(len(active))
+        time.sleep(0.3)  # long enough that the other clients arrive while this one runs
+        try:
+            return real(*args)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(server_module, "run_segment", counted)
+
+    def client(seed):
+        answers.append(post_segment(server, image=upload(photo(seed, (48, 64))), classes="sky; road",
+                                    resize=False))
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert [status for status, _ in answers] == [200, 200, 200] and max(most) == 1
+    assert max(answer["timing"]["waited_s"] for _, answer in answers) > 0.2
+
+
 def test_limits(tmp_path):
     """An image over the pixel limit (from its header) and a body over the upload limit (from its
     Content-Length, before it is read)."""
@@ -195,15 +247,19 @@ def test_turns_run_one_at_a_time_in_order():
             order.append(name)
             running.remove(name)
 
-    threads = [threading.Thread(target=job, args=("first",))]
-    threads[0].start()
-    while not running:
-        time.sleep(0.01)
-    for name in ("second", "third"):
-        threads.append(threading.Thread(target=job, args=(name,)))
-        threads[-1].start()
-        while turns.waiting < len(threads) - 1:
+    def wait_for(condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "the turns never got there"
             time.sleep(0.01)
+
+    threads = [threading.Thread(target=job, args=("first",), daemon=True)]
+    threads[0].start()
+    wait_for(lambda: running)
+    for name in ("second", "third"):
+        threads.append(threading.Thread(target=job, args=(name,), daemon=True))
+        threads[-1].start()
+        wait_for(lambda: turns.waiting == len(threads) - 1)
     with pytest.raises(RequestError, match="busy: 2 requests are already waiting") as info:
         with turns.take():
             pass

@@ -29,6 +29,9 @@ from .turns import Turns
 
 PAGE = Path(__file__).with_name("page.html")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The page loads nothing from elsewhere; its images are data: (results) and blob: (the preview).
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+       "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'")
 
 
 class SegmentServer(ThreadingHTTPServer):
@@ -76,6 +79,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        if kind.startswith("text/html"):
+            self.send_header("Content-Security-Policy", CSP)
         self.end_headers()
         self.wfile.write(body)
 
@@ -85,9 +90,20 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, exc: RequestError) -> None:
         self._json(exc.status, {"error": str(exc)})
 
+    def _check_host(self) -> None:
+        """A server on a loopback address answers only requests addressed to a loopback name: a
+        web page elsewhere cannot reach it by pointing its own name at 127.0.0.1 (DNS rebinding)."""
+        if self.server.options.host not in LOOPBACK:
+            return
+        name = urlsplit("//" + (self.headers.get("Host") or "")).hostname
+        if name not in LOOPBACK:
+            self.close_connection = True
+            raise RequestError(f"this page answers only at {self.server.url} (Host: {name})", status=403)
+
     def do_GET(self):  # noqa: N802 (the base class's name)
         path = urlsplit(self.path).path
         try:
+            self._check_host()
             if path in ("/", "/index.html"):
                 self._send(200, self.server.page, "text/html; charset=utf-8")
             elif path == "/api/config":
@@ -103,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (the base class's name)
         try:
+            self._check_host()
             if urlsplit(self.path).path != "/api/segment":
                 self.close_connection = True
                 raise RequestError(f"no page at {self.path}", status=404)
