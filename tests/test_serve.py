@@ -30,9 +30,10 @@ def examples(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(examples, tmp_path_factory):
-    os.environ.setdefault("SPAR_FAST_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    with running_server(examples=str(examples["image"].parent)) as srv:
-        yield srv
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPAR_FAST_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        with running_server(examples=str(examples["image"].parent)) as srv:
+            yield srv
 
 
 def upload(image, name="photo.png"):
@@ -289,6 +290,7 @@ def test_port_in_use(capsys, server):
     assert rc == 2 and "cannot listen on 127.0.0.1" in err and "choose another --port" in err, err
 
 
+@pytest.mark.slow
 def test_command_serves(tmp_path):
     """``spar-fast serve --port 0`` prints its address and answers there."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

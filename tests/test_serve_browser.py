@@ -17,6 +17,7 @@ from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a browser start and several segmentations: ~25 s on 2 CPU cores
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SEGMENT_TIMEOUT = 300  # seconds: the first request builds the model and encodes the class names
 
@@ -53,11 +54,12 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    os.environ.setdefault("SPAR_FAST_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     folder = tmp_path_factory.mktemp("examples")
     write_examples(folder)
-    with running_server(examples=str(folder)) as srv:
-        yield srv
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPAR_FAST_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        with running_server(examples=str(folder)) as srv:
+            yield srv
 
 
 def _open(browser, server):
