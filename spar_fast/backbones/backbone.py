@@ -7,6 +7,7 @@ attention restricted to each image (``spar_fast.ops.varlen_attention``; the trai
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -302,3 +303,21 @@ def full_state_dict_of(weights, name: str | None = None, base=None) -> dict[str,
     from .weights import full_state_dict
 
     return full_state_dict(Backbone.from_pretrained(name, weights=weights, base=base).model)
+
+
+def export_weights(weights, out, name: str | None = None, base=None, full: bool = True, dtype=None,
+                   metrics: dict | None = None) -> str:
+    """Write the model of ``weights`` (any form :meth:`Backbone.from_pretrained` takes) to ``out``:
+    a ``.safetensors`` path gets the full open_clip state dict (a standalone file, loadable
+    without spar_fast's delta logic), any other path a model folder (``full=False``: a delta
+    over the recorded base when the weights are one). Returns ``out``."""
+    from ..runtime import check_output_file
+    from .weights import save_weights
+
+    out = os.fspath(out)
+    bb = Backbone.from_pretrained(name, weights=weights, base=base)
+    if out.lower().endswith(".safetensors"):
+        check_output_file(out, (".safetensors",))
+        save_weights(bb.model, out, metadata={"backbone": bb.name or "", "from": str(weights)})
+        return out
+    return bb.save_pretrained(out, full=full, dtype=dtype, metrics=metrics)
