@@ -159,11 +159,12 @@ def model_card(config: dict, metrics: dict | None, tensor_count: int, file_bytes
         lines += [f"`model.safetensors` holds the full state dict ({file_bytes / 1e6:.1f} MB).", ""]
     lines += ["```python", "import spar_fast as sf", "bb = sf.Backbone.from_pretrained(\"ORG/NAME\")  # or this folder",
               "```", "", "## Training", ""]
+    if config.get("unfreeze"):
+        lines += [f"- unfreeze: `{config['unfreeze']}`"]
     if config.get("training"):
-        lines += [f"- unfreeze: `{config.get('unfreeze')}`"]
-        lines += [f"- {k}: `{v}`" for k, v in sorted(config["training"].items()) if k not in ("unfreeze",)]
+        lines += [f"- {k}: `{v}`" for k, v in sorted(config["training"].items()) if k != "unfreeze"]
     else:
-        lines += ["Not recorded (weights saved outside a training run)."]
+        lines += ["Training settings not recorded (weights saved outside a training run)."]
     if config.get("store"):
         lines += ["", "Feature store (teacher targets):", ""]
         lines += [f"- {k}: `{v}`" for k, v in sorted(config["store"].items())]
