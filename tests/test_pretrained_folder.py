@@ -111,8 +111,12 @@ def test_cli_weights_take_a_folder_and_a_hub_id(student, offline_cache, tmp_path
         outs.append(np.load(out))
     np.testing.assert_array_equal(outs[0], outs[1])
     exported = tmp_path / "exported"
-    assert main(["export", "spar-org/tiny", "--out", str(exported)]) == 0
+    summary = tmp_path / "eval.json"  # the shape `spar-fast eval --out` writes
+    summary.write_text(json.dumps({"mode": "single", "results": [{"dataset": "voc21", "mIoU": 41.234}],
+                                   "Mean6": None}))
+    assert main(["export", "spar-org/tiny", "--out", str(exported), "--metrics", str(summary)]) == 0
     assert json.load(open(exported / "config.json"))["weights"]["kind"] == "delta"
+    assert "| voc21 mIoU (single) | 41.23 |" in (exported / "README.md").read_text()
     assert main(["embed", str(image), "--weights", "spar-org/nothing", "-o", str(tmp_path / "g.npy"),
                  "--device", "cpu"]) == 2
     assert "not in the local Hugging Face cache" in capsys.readouterr().err

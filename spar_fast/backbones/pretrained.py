@@ -88,11 +88,11 @@ def resolve_hub_id(repo: str) -> str:
             if found is not None:
                 return found
             raise UserError(f"hub model {repo}: not in the local Hugging Face cache ({cache}) and not "
-                            f"downloadable ({reason[:160]})") from None
+                            f"downloadable ({reason[:160]}); no file or folder has that name either") from None
     found = cached_snapshot(repo, cache)
     if found is None:
-        raise UserError(f"hub model {repo}: not in the local Hugging Face cache ({cache}); without "
-                        "huggingface_hub installed only cached models load (pip install huggingface_hub)")
+        raise UserError(f"hub model {repo}: not in the local Hugging Face cache ({cache}) and no file or "
+                        "folder has that name; without huggingface_hub installed only cached models load")
     return found
 
 
@@ -173,6 +173,21 @@ def model_card(config: dict, metrics: dict | None, tensor_count: int, file_bytes
               if metrics else ["No numbers recorded; `spar-fast eval --weights FOLDER` measures mIoU."])
     lines += ["", "## Licence", "", f"Base weights: {license_text}.", ""]
     return "\n".join(lines)
+
+
+def eval_metrics(path: str) -> dict:
+    """``{"<dataset> mIoU": value, "Mean6 mIoU": value}`` from the JSON ``spar-fast eval --out``
+    writes (numbers for the model card)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        metrics = {f"{r['dataset']} mIoU ({doc.get('mode', 'single')})": round(float(r["mIoU"]), 2)
+                   for r in doc["results"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not an evaluation summary of spar-fast eval --out ({exc.__class__.__name__})") from None
+    if doc.get("Mean6") is not None:
+        metrics["Mean6 mIoU"] = round(float(doc["Mean6"]), 2)
+    return metrics
 
 
 def save_pretrained(bb, folder, full: bool = False, dtype=None, metrics: dict | None = None) -> str:

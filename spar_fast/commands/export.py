@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
                    help="folder output: store the full state dict instead of a delta over the base")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
                    help="folder output: cast the stored tensors (default: as trained)")
+    p.add_argument("--metrics", metavar="EVAL_JSON", default=None,
+                   help="folder output: put the numbers of a `spar-fast eval --out` summary in the model card")
     p.set_defaults(run=run)
 
 
@@ -27,9 +29,11 @@ def run(args) -> int:
     import os
 
     from ..backbones import export_weights
+    from ..backbones.pretrained import eval_metrics
 
+    metrics = eval_metrics(args.metrics) if args.metrics else None
     out = export_weights(args.weights, args.out, name=args.backbone, base=args.base_weights,
-                         full=args.full, dtype=args.dtype)
+                         full=args.full, dtype=args.dtype, metrics=metrics)
     size = os.path.getsize(out) if os.path.isfile(out) else os.path.getsize(os.path.join(out, "model.safetensors"))
     print(f"wrote {out} ({size / 1e6:.1f} MB of weights)")
     return 0
