@@ -198,7 +198,8 @@ class Weights:
         ``file:<abspath>:<size>:<mtime_ns>`` (of the model file for a folder) or ``hf:<org/name>``
         (keys caches derived from the weights; a loaded hub id is keyed by its resolved file)."""
         if self.kind == "pretrained" and self.path is not None:
-            return Weights("file", path=os.path.join(self.path, "model.safetensors")).identity()
+            model = os.path.join(self.path, "model.safetensors")
+            return Weights("file", path=model if os.path.isfile(model) else self.path).identity()
         if self.kind != "file":
             return f"hf:{self.repo}" if self.kind == "pretrained" else str(self)
         stat = os.stat(self.path)
