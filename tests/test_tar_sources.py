@@ -124,7 +124,11 @@ def test_training_reads_pixels_back_from_the_tar(tmp_path):
     store = str(tmp_path / "store")
     assert main(["features", str(tmp_path / "sa_000000.tar"), "--out", store, *TINY]) == 0
     final = train(store, str(tmp_path / "run"), epochs=1, device="cpu", workers=0, progress=False)
-    assert os.path.isfile(final)
+    # the delta student loads in segment without naming its backbone
+    image = tmp_path / "x.png"
+    Image.open(io.BytesIO(jpeg_bytes(5))).save(image)
+    assert main(["segment", str(image), "--weights", final, "--classes", "a; b", "-o",
+                 str(tmp_path / "o.png"), "--device", "cpu"]) == 0
     os.remove(tmp_path / "sa_000000.tar")  # without the tar, training cannot rebuild the pixels
     with pytest.raises(Exception, match="source image missing"):
         train(store, str(tmp_path / "run2"), epochs=1, device="cpu", workers=0, progress=False)
