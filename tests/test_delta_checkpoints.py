@@ -68,6 +68,8 @@ def test_a_different_base_is_one_line_naming_what_differs(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="delta of backbone 'siglip2-tiny', not 'openclip-tiny'"):
         Backbone.from_pretrained("openclip-tiny", weights=path)
+    with pytest.raises(UserError, match="a delta cannot be its own base"):
+        Backbone.from_pretrained(weights=path, base=path)
     # a base that differs only in a tensor the delta does not replace
     base = Backbone.from_pretrained("siglip2-tiny", weights="random:0").model
     with torch.no_grad():

@@ -125,6 +125,9 @@ class Backbone(nn.Module):
             name = name or meta["backbone"]
             deltas.check_backbone(meta, name, chosen.path)
             base_weights = _delta_base(chosen.path, meta, base)
+            if base_weights.kind == "file" and os.path.samefile(base_weights.path, chosen.path):
+                raise UserError(f"{chosen.path}: a delta cannot be its own base; pass the weights it was "
+                                "trained from (base=..., --base-weights)")
             bb = cls.from_pretrained(name, weights=base_weights, trusted=trusted)
             deltas.apply_delta(bb.model, chosen.path, backbone=name, meta=meta, given=str(base_weights))
             bb.delta = deltas.DeltaInfo(meta, tuple(deltas.read_delta_names(chosen.path)))
