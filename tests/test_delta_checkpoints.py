@@ -112,6 +112,10 @@ def test_segment_and_export_cli_take_a_delta_without_backbone(tmp_path, capsys):
     full = tmp_path / "full.safetensors"
     assert main(["export", path, "--out", str(full)]) == 0
     assert set(load_file(full)) == set(student)
+    half = tmp_path / "half.safetensors"
+    assert main(["export", path, "--out", str(half), "--dtype", "fp16"]) == 0
+    assert all(v.dtype == torch.float16 for v in load_file(half).values() if v.is_floating_point())
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
 
 
 def test_training_writes_a_delta_equal_to_the_full_weights_run(tmp_path):

@@ -308,19 +308,21 @@ def full_state_dict_of(weights, name: str | None = None, base=None) -> dict[str,
     return full_state_dict(Backbone.from_pretrained(name, weights=weights, base=base).model)
 
 
-def export_weights(weights, out, name: str | None = None, base=None, full: bool = True, dtype=None,
+def export_weights(weights, out, name: str | None = None, base=None, full: bool = False, dtype=None,
                    metrics: dict | None = None) -> str:
     """Write the model of ``weights`` (any form :meth:`Backbone.from_pretrained` takes) to ``out``:
     a ``.safetensors`` path gets the full open_clip state dict (a standalone file, loadable
-    without spar_fast's delta logic), any other path a model folder (``full=False``: a delta
-    over the recorded base when the weights are one). Returns ``out``."""
+    without spar_fast's delta logic), any other path a model folder (a delta over the recorded
+    base when the weights are one, unless ``full``). ``dtype`` ("fp16", "bf16") casts the
+    stored tensors. Returns ``out``."""
     from ..runtime import check_output_file
+    from .pretrained import cast_copy
     from .weights import save_weights
 
     out = os.fspath(out)
     bb = Backbone.from_pretrained(name, weights=weights, base=base)
     if out.lower().endswith(".safetensors"):
         check_output_file(out, (".safetensors",))
-        save_weights(bb.model, out, metadata={"backbone": bb.name or "", "from": str(weights)})
+        save_weights(cast_copy(bb.model, dtype), out, metadata={"backbone": bb.name or "", "from": str(weights)})
         return out
     return bb.save_pretrained(out, full=full, dtype=dtype, metrics=metrics)

@@ -214,8 +214,7 @@ def save_pretrained(bb, folder, full: bool = False, dtype=None, metrics: dict | 
         save_delta(bb.model, info.names, path, base, extra, _DTYPES[dtype] if dtype else None)
         count = len(info.names)
     else:
-        model = bb.model if dtype is None else _cast_copy(bb.model, _DTYPES[dtype])
-        save_weights(model, path)
+        save_weights(cast_copy(bb.model, dtype), path)
         count = len(bb.model.state_dict())
     atomic_write(os.path.join(folder, CONFIG), (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
     card = model_card(config, metrics, count, os.path.getsize(path))
@@ -223,9 +222,15 @@ def save_pretrained(bb, folder, full: bool = False, dtype=None, metrics: dict | 
     return folder
 
 
-def _cast_copy(model, dtype):
+def cast_copy(model, dtype: str | None):
+    """``model`` itself (``dtype`` None or "fp32"), else a copy with floating tensors cast."""
     import copy
 
+    if dtype is not None and dtype not in _DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype in (None, "fp32"):
+        return model
+    dtype = _DTYPES[dtype]
     other = copy.deepcopy(model)
     for p in list(other.parameters()) + list(other.buffers()):
         if p.is_floating_point():

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--full", action="store_true",
                    help="folder output: store the full state dict instead of a delta over the base")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="folder output: cast the stored tensors (default: as trained)")
+                   help="cast the stored floating tensors, e.g. fp16 to halve a shared file (default: as trained)")
     p.add_argument("--metrics", metavar="EVAL_JSON", default=None,
                    help="folder output: put the numbers of a `spar-fast eval --out` summary in the model card")
     p.set_defaults(run=run)
