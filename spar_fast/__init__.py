@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Backbone": "spar_fast.backbones",
     "dense_features": "spar_fast.backbones",
+    "export_weights": "spar_fast.backbones",
     "teacher_features": "spar_fast.teacher",
     "segment": "spar_fast.segmentation",
     "model_input": "spar_fast.segmentation.preprocess",

@@ -6,7 +6,8 @@
   (``auto``: bf16 on CUDA, fp32 on CPU) and the matching autocast context; ``precision=`` is the
   one keyword for it (:func:`precision_or_amp` maps the older ``amp=`` of public calls).
 * :class:`Weights` — the one spelling of "which weights": ``hub`` (the published weights),
-  ``random[:SEED]`` (a seeded random init, reproducible in every process) or a file path.
+  ``random[:SEED]`` (a seeded random init, reproducible in every process), a file path, or a
+  saved model folder / Hugging Face hub id ``org/name`` (docs/CHECKPOINTS.md).
 * :func:`check_output_dir` / :func:`check_output_file` — output locations checked before any work
   (a file where a folder is needed and vice versa, a missing parent folder, a wrong suffix).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -116,21 +118,29 @@ def check_output_file(path, suffixes: tuple[str, ...] = ()) -> str:
     return text
 
 
+# a Hugging Face hub id: "org/name" (no path-like start, not a weights file name)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
 @dataclass(frozen=True)
 class Weights:
-    """Which weights a backbone gets: ``kind`` is ``hub``, ``random`` (with ``seed``) or ``file``
-    (with an absolute ``path``). ``str(w)`` is the canonical spelling, accepted by :meth:`parse`.
+    """Which weights a backbone gets: ``kind`` is ``hub``, ``random`` (with ``seed``), ``file``
+    (with an absolute ``path``) or ``pretrained`` (a saved model folder: ``path``, or a Hugging
+    Face hub id: ``repo``). ``str(w)`` is the canonical spelling, accepted by :meth:`parse`.
     """
 
     kind: str
     seed: int | None = None
     path: str | None = None
+    repo: str | None = None
 
-    SPELLING = "hub, random[:SEED] or a weights file path"
+    SPELLING = "hub, random[:SEED], a weights file, a saved model folder or a hub id org/name"
 
     @classmethod
     def parse(cls, value) -> "Weights":
-        """``"hub"``, ``"random"`` (seed 0), ``"random:SEED"``, a path, or a ``Weights``."""
+        """``"hub"``, ``"random"`` (seed 0), ``"random:SEED"``, a file or model folder path, a hub
+        id ``org/name`` (a name that is no existing path), or a ``Weights``."""
         if isinstance(value, Weights):
             return value
         if isinstance(value, os.PathLike):
@@ -151,7 +161,14 @@ class Weights:
                 raise UserError(f"weights {text!r}: the seed must be >= 0")
             return cls("random", seed=seed)
         path = os.path.abspath(os.path.expanduser(text))
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise UserError(f"weights folder {text} holds no config.json (a saved model folder "
+                                "has config.json and model.safetensors)")
+            return cls("pretrained", path=path)
         if not os.path.isfile(path):
+            if _HUB_ID.match(text) and not low.endswith(_FILE_SUFFIXES):
+                return cls("pretrained", repo=text)
             raise UserError(f"weights file not found: {text} (weights are {cls.SPELLING})")
         return cls("file", path=path)
 
@@ -177,14 +194,20 @@ class Weights:
         return chosen
 
     def identity(self) -> str:
-        """A string that changes whenever the weights may change: ``hub``, ``random:SEED`` or
-        ``file:<abspath>:<size>:<mtime_ns>`` (keys caches derived from the weights)."""
+        """A string that changes whenever the weights may change: ``hub``, ``random:SEED``,
+        ``file:<abspath>:<size>:<mtime_ns>`` (of the model file for a folder) or ``hf:<org/name>``
+        (keys caches derived from the weights; a loaded hub id is keyed by its resolved file)."""
+        if self.kind == "pretrained" and self.path is not None:
+            model = os.path.join(self.path, "model.safetensors")
+            return Weights("file", path=model if os.path.isfile(model) else self.path).identity()
         if self.kind != "file":
-            return str(self)
+            return f"hf:{self.repo}" if self.kind == "pretrained" else str(self)
         stat = os.stat(self.path)
         return f"file:{self.path}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def __str__(self) -> str:
         if self.kind == "random":
             return f"random:{self.seed}"
+        if self.kind == "pretrained":
+            return self.path or self.repo
         return self.path if self.kind == "file" else self.kind

@@ -151,8 +151,8 @@ def test_random_store_then_train_without_init_file(tmp_path, photos, capsys):
     assert rc == 0, capsys.readouterr().err
     state = ckpt.load_checkpoint(run)
     assert state["config"]["weights"] == "random:3" and state["config"]["backbone"] == "siglip2-tiny"
-    from safetensors.torch import load_file
-    trained = load_file(os.path.join(run, "final.safetensors"))
+    from spar_fast.backbones import full_state_dict_of
+    trained = full_state_dict_of(os.path.join(run, "final.safetensors"))
     init = Backbone.from_pretrained("siglip2-tiny", weights="random:3").model.state_dict()
     frozen = "visual.trunk.patch_embed.proj.weight"  # not unfrozen: still the random:3 init
     assert torch.equal(trained[frozen], init[frozen])

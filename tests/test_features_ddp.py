@@ -3,10 +3,12 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -43,13 +45,19 @@ def _run(cmd, env):
     return json.loads(lines[0][len("SUMMARY "):])
 
 
-def test_two_process_store_equals_one_process(tmp_path):
+@pytest.mark.parametrize("source", ["folder", "tar"])
+def test_two_process_store_equals_one_process(tmp_path, source):
     images = tmp_path / "img"
     images.mkdir()
     rng = np.random.default_rng(0)
     for i in range(7):
         Image.fromarray(rng.integers(0, 256, (20 + 5 * i, 33, 3), dtype=np.uint8)).save(images / f"x{i}.png")
     (images / "x7.jpg").write_text("broken")
+    if source == "tar":  # the same images as members of one shard, read in place
+        with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+            for name in sorted(os.listdir(images)):
+                tar.add(images / name, arcname=name)
+        images = tmp_path / "shard.tar"
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

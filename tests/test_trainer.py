@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from spar_fast.backbones import Backbone, registry
+from spar_fast.backbones import Backbone, full_state_dict_of, registry
 from spar_fast.errors import UserError
 from spar_fast.train import train
 from spar_fast.train.loader import StoreDataset
@@ -126,7 +126,7 @@ def test_one_image_per_step_matches_hand_written_reference(tiny, tmp_path):
             opt.zero_grad()
             F.mse_loss(bb(items[i][0][None])[0], items[i][1].float()).backward()
             opt.step()
-    trained = load_file(final)
+    trained = full_state_dict_of(final)  # a delta: base rebuilt, trained tensors applied
     initial = Backbone.from_pretrained("siglip2-tiny", weights=init).model.state_dict()
     for k, v in bb.model.state_dict().items():
         if k in names:
@@ -152,7 +152,7 @@ def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".safetensors") == ["final.safetensors",
                                                                                 "state-final.safetensors"]
     model = open_clip.create_model(registry.resolve("siglip2-tiny").open_clip_name, pretrained=None)
-    model.load_state_dict(load_file(final), strict=True)
+    model.load_state_dict(full_state_dict_of(final), strict=True)
     # a second call finds the finished run and returns it without training
     mtime = os.path.getmtime(final)
     assert train(store, str(run), epochs=2, tokens_per_step=2600, lr=1e-4, schedule="cosine",

@@ -5,10 +5,10 @@ import torch
 
 from ..errors import UserError
 from ..runtime import autocast
-from .backbone import Backbone
+from .backbone import Backbone, export_weights, full_state_dict_of
 from .weights import load_weights, read_state_dict, save_weights
 
-__all__ = ["Backbone", "dense_features", "load_weights", "read_state_dict", "save_weights"]
+__all__ = ["Backbone", "dense_features", "export_weights", "full_state_dict_of", "load_weights", "read_state_dict", "save_weights"]
 
 
 def dense_features(bb: Backbone, image_or_list, precision: str = "fp32"):

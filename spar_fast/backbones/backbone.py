@@ -7,6 +7,7 @@ attention restricted to each image (``spar_fast.ops.varlen_attention``; the trai
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,15 @@ from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
 
 log = logging.getLogger(__name__)
+
+
+def _delta_base(path: str, meta: dict, base) -> Weights:
+    """The base weights of the delta file ``path``: ``base`` when given, else the recorded one."""
+    try:
+        return Weights.parse(base if base is not None else meta.get("base_weights"))
+    except UserError as exc:
+        raise UserError(f"{path}: its base weights {meta.get('base_weights')!r} cannot be loaded ({exc}); "
+                        "pass the base (base=..., --base-weights PATH)") from None
 
 
 def _create_seeded(create_model, open_clip_name: str, seed: int) -> nn.Module:
@@ -63,6 +73,7 @@ class Backbone(nn.Module):
         self._open_clip_name = open_clip_name
         self._tokenizer = None
         self.weights_id = None  # set by from_pretrained: which weights (Weights.identity())
+        self.delta = None  # set by from_pretrained for a delta student (delta.DeltaInfo)
         self.family = tower.family
         self.name = name or (registry.spar_name(open_clip_name) if open_clip_name else None) or open_clip_name
         self.patch_size = tower.patch_size
@@ -80,19 +91,57 @@ class Backbone(nn.Module):
         return cls(model, name=name, open_clip_name=open_clip_name)
 
     @classmethod
-    def from_pretrained(cls, name: str, weights="hub", device=None, trusted: bool = False,
-                        **deprecated) -> "Backbone":
+    def from_pretrained(cls, name: str | None = None, weights="hub", device=None, trusted: bool = False,
+                        base=None, **deprecated) -> "Backbone":
         """Build through open_clip with ``weights``: ``"hub"`` (the published weights, needs the
         network once), ``"random"`` / ``"random:SEED"`` (a seeded random init, the same in every
         process), a local checkpoint path (any format of
-        :func:`spar_fast.backbones.weights.load_weights`; ``trusted`` allows full unpickling) or a
-        :class:`spar_fast.runtime.Weights`. Sets ``weights_id`` (:meth:`Weights.identity`). The
-        older ``pretrained=True | False | PATH`` still works, with a deprecation warning."""
+        :func:`spar_fast.backbones.weights.load_weights`; ``trusted`` allows full unpickling), a
+        delta student file (its base rebuilt, checked and the delta applied; ``base`` replaces
+        the base weights it records), a saved model folder or Hugging Face hub id ``org/name``
+        (:mod:`spar_fast.backbones.pretrained`), or a :class:`spar_fast.runtime.Weights`.
+        ``name`` may itself be such a folder or hub id; ``None`` takes the backbone a delta or
+        folder records (else ``siglip2-b16-512``). Sets ``weights_id`` (:meth:`Weights.identity`)
+        and, for a delta, ``delta`` (its metadata and tensor names). The older
+        ``pretrained=True | False | PATH`` still works, with a deprecation warning."""
+        from . import delta as deltas
+        from . import pretrained as folders
+
+        chosen = Weights.parse(weights) if not deprecated else Weights.deprecated_keyword(deprecated, "from_pretrained")
+        if name is not None and name not in registry.KNOWN and folders.names_a_folder_or_repo(name):
+            name, chosen = None, Weights.parse(name)
+        if chosen.kind == "pretrained":
+            folder = folders.resolve_folder(chosen)
+            config = folders.read_config(folder)
+            if name is not None and name != config["backbone"]:
+                raise UserError(f"{chosen} holds a {config['backbone']!r} model, not {name!r} (use --backbone "
+                                f"{config['backbone']} or leave --backbone out)")
+            bb = cls.from_pretrained(config["backbone"], weights=folders.model_file(folder), device=device,
+                                     trusted=trusted, base=base)
+            bb.weights_id = Weights("pretrained", path=folder).identity()
+            return bb
+        meta = deltas.read_delta_metadata(chosen.path) if chosen.kind == "file" else None
+        if meta is not None:
+            name = name or meta["backbone"]
+            deltas.check_backbone(meta, name, chosen.path)
+            base_weights = _delta_base(chosen.path, meta, base)
+            if base_weights.kind == "file" and os.path.samefile(base_weights.path, chosen.path):
+                raise UserError(f"{chosen.path}: a delta cannot be its own base; pass the weights it was "
+                                "trained from (base=..., --base-weights)")
+            bb = cls.from_pretrained(name, weights=base_weights, trusted=trusted)
+            deltas.apply_delta(bb.model, chosen.path, backbone=name, meta=meta, given=str(base_weights))
+            bb.delta = deltas.DeltaInfo(meta, tuple(deltas.read_delta_names(chosen.path)))
+            bb.weights_id = chosen.identity()
+            return bb.to(device) if device is not None else bb
+        return cls._from_weights(name or "siglip2-b16-512", chosen, device, trusted)
+
+    @classmethod
+    def _from_weights(cls, name: str, chosen: Weights, device, trusted: bool) -> "Backbone":
+        """:meth:`from_pretrained` for hub, random and full-file weights."""
         import open_clip
 
         from .weights import load_weights
 
-        chosen = Weights.parse(weights) if not deprecated else Weights.deprecated_keyword(deprecated, "from_pretrained")
         entry = registry.resolve(name)
         if entry.family == "dinov3txt":
             return cls._from_dinov3txt_weights(name, chosen, device, trusted)
@@ -120,6 +169,14 @@ class Backbone(nn.Module):
         bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
         bb.weights_id = chosen.identity()
         return bb
+
+    def save_pretrained(self, folder, full: bool = False, dtype=None, metrics: dict | None = None) -> str:
+        """Write a Hugging Face style model folder (``config.json``, ``model.safetensors``,
+        ``README.md``): a delta over the recorded base when this backbone was loaded from one
+        (``full=True``: the whole state dict, standalone); ``dtype`` ("fp16", "bf16") casts the
+        stored tensors; ``metrics`` (name -> number) go into the model card. Returns the folder."""
+        from .pretrained import save_pretrained
+        return save_pretrained(self, folder, full=full, dtype=dtype, metrics=metrics)
 
     @classmethod
     def _from_dinov3txt_weights(cls, name: str, weights: Weights, device=None, trusted: bool = False) -> "Backbone":
@@ -241,3 +298,31 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.name}, family={self.family}, patch={self.patch_size}, window={self.window}, "
                 f"dim={self.feature_dim}, blocks={self.num_blocks}")
+
+
+def full_state_dict_of(weights, name: str | None = None, base=None) -> dict[str, torch.Tensor]:
+    """The full open_clip state dict (CPU) of ``weights`` — a delta student (base rebuilt and
+    checked), a full file, a model folder or hub id; what ``spar-fast export`` writes."""
+    from .weights import full_state_dict
+
+    return full_state_dict(Backbone.from_pretrained(name, weights=weights, base=base).model)
+
+
+def export_weights(weights, out, name: str | None = None, base=None, full: bool = False, dtype=None,
+                   metrics: dict | None = None) -> str:
+    """Write the model of ``weights`` (any form :meth:`Backbone.from_pretrained` takes) to ``out``:
+    a ``.safetensors`` path gets the full open_clip state dict (a standalone file, loadable
+    without spar_fast's delta logic), any other path a model folder (a delta over the recorded
+    base when the weights are one, unless ``full``). ``dtype`` ("fp16", "bf16") casts the
+    stored tensors. Returns ``out``."""
+    from ..runtime import check_output_file
+    from .pretrained import cast_copy
+    from .weights import save_weights
+
+    out = os.fspath(out)
+    bb = Backbone.from_pretrained(name, weights=weights, base=base)
+    if out.lower().endswith(".safetensors"):
+        check_output_file(out, (".safetensors",))
+        save_weights(cast_copy(bb.model, dtype), out, metadata={"backbone": bb.name or "", "from": str(weights)})
+        return out
+    return bb.save_pretrained(out, full=full, dtype=dtype, metrics=metrics)

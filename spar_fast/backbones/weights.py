@@ -31,6 +31,13 @@ def read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
         raise UserError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
+
+        from .delta import read_delta_metadata
+
+        if read_delta_metadata(path) is not None:
+            raise UserError(f"{path} is a delta student (only its trained tensors); load it with "
+                            "Backbone.from_pretrained(weights=PATH), or write a full file with "
+                            "spar-fast export")
         try:
             return load_file(path, device="cpu")
         except Exception as exc:
@@ -85,7 +92,14 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 
 def load_weights(model: nn.Module, path: str, trusted: bool = False) -> nn.Module:
-    """Load the checkpoint at ``path`` (any accepted format) into the open_clip ``model`` strictly."""
+    """Load the checkpoint at ``path`` (any accepted format) into the open_clip ``model`` strictly;
+    a delta file (:mod:`spar_fast.backbones.delta`) is applied over ``model``, which must hold
+    its base (checked)."""
+    from .delta import apply_delta, read_delta_metadata
+
+    meta = read_delta_metadata(path)
+    if meta is not None:
+        return apply_delta(model, path, meta=meta)
     load_state_dict_strict(model, read_state_dict(path, trusted=trusted), os.fspath(path))
     return model
 

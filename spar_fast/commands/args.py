@@ -55,10 +55,11 @@ def add_weights(parser, default: str | None, help_default: str, repeatable: bool
     ``--pretrained true|false|PATH``."""
     parser.add_argument("--weights", type=_weights, action="append" if repeatable else "store",
                         default=None if repeatable else (default and _weights(default)),
-                        metavar="hub|random[:SEED]|PATH",
+                        metavar="hub|random[:SEED]|PATH|ORG/NAME",
                         help="weights: the published ones (hub), a seeded random init (random, "
-                             "random:SEED) or a weights file (open_clip, SPAR .ckpt, spar_fast "
-                             f".safetensors){'; repeat for several models' if repeatable else ''} "
+                             "random:SEED), a weights file (open_clip, SPAR .ckpt, spar_fast "
+                             ".safetensors, full or delta), a saved model folder or a Hugging Face "
+                             f"hub id{'; repeat for several models' if repeatable else ''} "
                              f"(default: {help_default})")
     if legacy == "pretrained":
         parser.add_argument("--pretrained", dest="weights", convert=_old_pretrained, action=_Deprecated)
@@ -69,11 +70,19 @@ def add_weights(parser, default: str | None, help_default: str, repeatable: bool
                             convert=lambda _: _weights("random"), append=repeatable)
 
 
+def add_base_weights(parser) -> None:
+    """``--base-weights``: the base a delta student is applied over, when not the recorded one."""
+    parser.add_argument("--base-weights", dest="base_weights", default=None, metavar="hub|random[:SEED]|PATH",
+                        help="base weights of a delta student (default: the ones it records; "
+                             "e.g. the base file moved)")
+
+
 def add_backbone(parser, default: str | None, help_default: str | None = None) -> None:
     """``--backbone NAME``: a registry name or an open_clip model name (checked when loaded)."""
     from ..backbones.registry import KNOWN
     parser.add_argument("--backbone", default=default, metavar="NAME",
-                        help=f"backbone: {', '.join(KNOWN)} or an open_clip model name "
+                        help=f"backbone: {', '.join(KNOWN)} or an open_clip model name; a delta "
+                             "student or model folder given as weights names its own "
                              f"(default: {help_default or default})")
 
 

@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
         description="Compute sliding-window teacher features of every image (stored in "
                     "RUN_DIR/store, reused when present), then train the single-pass student. "
                     "Rerun the same command to resume after an interruption.")
-    p.add_argument("images", metavar="IMAGES", help="image folder or a text file listing image paths")
+    p.add_argument("images", metavar="IMAGES", nargs="+",
+                   help="image folder, a text file listing image paths, or .tar shards read in place")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     add_backbone(p, "siglip2-b16-512")
     add_weights(p, "hub", "hub; random[:SEED] gives teacher and student the same seeded init",
@@ -34,7 +35,8 @@ def run(args) -> int:
     from ..jobs.distill import distill
     from .train import config_from_args
 
-    path = distill(args.images, args.out, backbone=args.backbone, weights=args.weights,
+    images = args.images[0] if len(args.images) == 1 else list(args.images)
+    path = distill(images, args.out, backbone=args.backbone, weights=args.weights,
                    stride=args.stride, augment=args.augment, dtype=args.dtype, config=config_from_args(args))
     print(f"final weights: {path}")
     return 0

@@ -34,7 +34,7 @@ def run(args) -> int:
     else:
         from safetensors.torch import save_file
         save_file({"features": feats}, args.output,
-                  metadata={"backbone": args.backbone, "weights": bb.weights_id, "image": args.image,
+                  metadata={"backbone": bb.name or "", "weights": bb.weights_id, "image": args.image,
                             "input_hw": f"{x.shape[1]}x{x.shape[2]}"})
     print(f"wrote {args.output}: features {tuple(feats.shape)}")
     return 0

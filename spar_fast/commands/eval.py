@@ -83,7 +83,7 @@ def run(args) -> int:
         classes=args.classes, split=args.split, refine=args.refine, lposs=lposs,
         on_result=_print_per_class if args.per_class else None)
     results = runs["results"]
-    summary = {"backbone": args.backbone, "weights": str(args.weights), "mode": args.mode,
+    summary = {"backbone": getattr(bb, "name", None) or args.backbone, "weights": str(args.weights), "mode": args.mode,
                "refine": args.refine, "units": "percent", "queries": args.queries, **runs}
     _print_table(results, summary.get("Mean6"))
     if args.out:

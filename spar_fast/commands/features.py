@@ -35,9 +35,11 @@ def add_parser(subparsers) -> None:
                     "on it and store the stitched features as safetensors shards. Rerunning the "
                     "same command resumes: finished shards are kept, the rest is recomputed. "
                     "Under torchrun each rank processes every WORLD_SIZE-th image.")
-    p.add_argument("images", metavar="IMAGES_DIR_OR_LIST",
-                   help="a folder (searched recursively) or a text file with one image path per "
-                        "line (optionally 'path<TAB>id'; relative to the list file)")
+    p.add_argument("images", metavar="IMAGES", nargs="+",
+                   help="a folder (searched recursively), a text file with one image path per "
+                        "line (optionally 'path<TAB>id'; relative to the list file), or uncompressed "
+                        ".tar archives (SA-1B shards; several, or a folder of them) read in place, "
+                        "images in archive order")
     p.add_argument("--out", required=True, metavar="STORE", help="feature store folder to create or resume")
     p.add_argument("--backbone", default="siglip2-b16-512",
                    help="teacher backbone name (default: %(default)s)")
@@ -65,7 +67,7 @@ def add_parser(subparsers) -> None:
                    help="augmentation seed; each image's draw depends only on it and the image id")
     p.add_argument("--shard-size", type=_positive, default=32, dest="shard_size",
                    help="images per shard file (default: 32)")
-    p.add_argument("--limit", type=_positive, default=None, help="process only the first N images")
+    p.add_argument("--limit", type=_positive, default=None, help="process only the first N images (of tars: in archive order)")
     p.add_argument("--decode", choices=DECODES, default=LEGACY_DECODE,
                    help="image decode path, recorded in the store so training decodes the same pixels "
                         "(nvjpeg: on the GPU; docs/DATAPATH.md)")
@@ -105,7 +107,8 @@ def run(args) -> int:
 
     if not args.out:
         raise UserError("--out must name a folder")
-    summary = extract_features(args.images, args.out, backbone=args.backbone, weights=args.weights,
+    images = args.images[0] if len(args.images) == 1 else list(args.images)
+    summary = extract_features(images, args.out, backbone=args.backbone, weights=args.weights,
                                stride=args.stride, augment=args.augment, dtype=args.dtype,
                                device=args.device, seed=args.seed, shard_size=args.shard_size,
                                limit=args.limit, max_pixels=args.max_pixels, progress=args.progress,

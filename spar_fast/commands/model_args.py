@@ -6,7 +6,7 @@ import argparse
 from ..options import at_least, finite, finite_above, in_range
 from .config_args import arg_type
 from ..segmentation.preprocess import TEST_SCALE
-from .args import add_backbone, add_device, add_weights
+from .args import add_backbone, add_base_weights, add_device, add_weights
 
 # argparse types for the inference options (checked at the edge: one line, exit 2)
 STRIDE = arg_type(int, at_least(1))
@@ -18,8 +18,9 @@ AREA_THD = arg_type(float, finite_above(0.0, inclusive=True))
 
 def add_model_args(parser: argparse.ArgumentParser, multi_weights: bool = False) -> None:
     """``--backbone``, ``--weights`` (repeatable with ``multi_weights``) and ``--device``."""
-    add_backbone(parser, "siglip2-b16-512")
+    add_backbone(parser, None, "siglip2-b16-512")
     add_weights(parser, None if multi_weights else "hub", "hub", repeatable=multi_weights)
+    add_base_weights(parser)
     add_device(parser)
 
 
@@ -30,11 +31,12 @@ def add_resize_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args, weights=None):
-    """The backbone named by ``args`` (``weights`` overrides ``args.weights``), eval mode, on
-    ``args.device``."""
+    """The backbone named by ``args`` (``weights`` overrides ``args.weights``; no ``--backbone``:
+    the one a delta or model folder records, else siglip2-b16-512), eval mode, on ``args.device``."""
     from ..backbones import Backbone
     from ..runtime import resolve_device
 
     device = resolve_device(args.device)
     chosen = weights if weights is not None else args.weights
-    return Backbone.from_pretrained(args.backbone, weights=chosen).to(device).eval()
+    bb = Backbone.from_pretrained(args.backbone, weights=chosen, base=getattr(args, "base_weights", None))
+    return bb.to(device).eval()

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import UserError
-from .images import ImageLoadError, read_rgb
+from .images import read_rgb, read_source_bytes
 
 DECODES = ("pil", "torchvision", "nvjpeg")
 LEGACY_DECODE = "pil"  # stores without a "decode" key were made by read_rgb
@@ -113,11 +113,8 @@ def _plain_jpeg(data: bytes) -> bool:
 
 
 def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ImageLoadError(f"{path}: unreadable file ({exc.strerror})") from None
+    """The encoded bytes of a file or a tar member source."""
+    return read_source_bytes(path)
 
 
 def _decode_jpeg(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

@@ -32,6 +32,7 @@ with stable ids (see there).
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -42,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from .members import clean_name, is_archive, list_members, member_id, member_stat, parse_member, read_member
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp",
                     ".gif", ".ppm", ".pgm", ".pbm", ".pnm")
@@ -91,6 +93,45 @@ def regular_file(path: str) -> os.stat_result:
     return st
 
 
+def _opened(path: str):
+    """What ``Image.open`` reads for ``path``: the path of a checked regular file, or the bytes
+    of a tar member source (:mod:`spar_fast.data.members`) in memory."""
+    member = parse_member(path)
+    if member is None:
+        regular_file(path)
+        return path
+    return io.BytesIO(read_source_bytes(path))
+
+
+def read_source_bytes(path: str) -> bytes:
+    """The encoded bytes of an image source (a file or a tar member), ``ImageLoadError`` with
+    the reason when unreadable."""
+    member = parse_member(path)
+    try:
+        if member is not None:
+            regular_file(member.archive)
+            data = read_member(member)
+            if not data:
+                raise ImageLoadError(f"{path}: empty file")
+            return data
+        regular_file(path)
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageLoadError(f"{path}: unreadable file ({exc.strerror})" if exc.strerror else f"{path}: {exc}") from None
+
+
+def source_stat(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of an image source: a regular file's, or a tar member's size with its
+    archive's mtime. ``ImageLoadError`` when missing or not a regular file."""
+    member = parse_member(path)
+    if member is None:
+        st = regular_file(path)
+        return st.st_size, st.st_mtime_ns
+    regular_file(member.archive)
+    return member_stat(member)
+
+
 def _open_error(path: str, exc: BaseException) -> ImageLoadError:
     if isinstance(exc, UnidentifiedImageError):
         return ImageLoadError(f"{path}: not an image file Pillow can read")
@@ -109,9 +150,9 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of the upright image from its header only (no pixel is decoded): the size
     :func:`read_rgb` returns. Raises ``ImageLoadError`` like :func:`read_rgb`."""
     path = os.fspath(path)
-    regular_file(path)
+    opened = _opened(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(opened) as img:
             w, h = img.size
             try:
                 orientation = img.getexif().get(_ORIENTATION_TAG, 1)
@@ -184,8 +225,9 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
     except UserError as exc:
         raise ImageLoadError(f"{path}: {exc}") from None
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    opened = _opened(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(opened) as img:
             img.load()
             rgb = _to_rgb(_upright(img))
     except _OPEN_ERRORS as exc:
@@ -230,6 +272,24 @@ def _unique_ids(pairs: list[tuple[str, str, str]]) -> list[ImageItem]:
     return items
 
 
+def _archive_pairs(archive) -> list[tuple[str, str, str]]:
+    """``(id, id with extension, member source)`` of every image member of a ``.tar``, in
+    archive order (id: the member name without ``./`` and extension)."""
+    pairs = []
+    for m in list_members(archive, _is_image_name):
+        image_id = printable_id(member_id(m.name))
+        pairs.append((image_id, printable_id(clean_name(m.name)), m.source()))
+    return pairs
+
+
+def _from_archives(archives: list) -> list[ImageItem]:
+    pairs = [p for archive in archives for p in _archive_pairs(archive)]
+    if not pairs:
+        raise UserError(f"no images found in {', '.join(map(str, archives))} "
+                        f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    return _unique_ids(pairs)
+
+
 def _from_directory(root: Path) -> list[ImageItem]:
     pairs = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -241,6 +301,9 @@ def _from_directory(root: Path) -> list[ImageItem]:
                 pairs.append((_strip_ext(rel), rel, full))
     pairs.sort(key=lambda p: p[1])
     if not pairs:
+        archives = sorted(str(p) for p in root.iterdir() if is_archive(p) and not p.name.startswith("."))
+        if archives:  # a folder of tar shards (SA-1B): their images, archive by archive
+            return _from_archives(archives)
         raise UserError(f"no images found under {root} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
     return _unique_ids(pairs)
 
@@ -257,6 +320,10 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
             full_id = image_id
         else:
             path = os.fspath(entry)
+            full = path if base is None or os.path.isabs(path) else os.path.join(base, path)
+            if is_archive(full):  # a tar shard: its image members, in archive order
+                pairs.extend(_archive_pairs(full))
+                continue
             written = printable_id(Path(os.path.normpath(path)).as_posix())
             image_id, full_id = _strip_ext(written), written
         if base is not None and not os.path.isabs(path):
@@ -294,7 +361,11 @@ def list_images(source) -> list[ImageItem]:
     * a text file: one ``path`` or ``path<TAB>id`` per line, relative paths resolved against the
       list file's folder, order kept; id = the given id, or the path as written without extension;
     * a Python list of paths or ``(id, path)`` pairs, handled like the lines of a list file
-      (relative paths against the current directory).
+      (relative paths against the current directory);
+    * an uncompressed ``.tar`` archive (also as an entry of a list, and a folder that holds no
+      images but ``.tar`` files at its top level: each, sorted by name): its image members in
+      archive order, read in place (:mod:`spar_fast.data.members`); id = the member name without
+      ``./`` and extension, path = the member source ``ARCHIVE::NAME@OFFSET+SIZE``.
 
     Ids shared by several files (``a.jpg`` and ``a.png``) keep their extension; bytes of names
     that are not UTF-8 appear in ids as ``\\xNN`` (:func:`printable_id`). Listed files are
@@ -307,6 +378,8 @@ def list_images(source) -> list[ImageItem]:
     if path.is_dir():
         return _from_directory(path)
     if path.is_file():
+        if is_archive(path):
+            return _from_archives([str(path)])
         if _is_image_name(path.name):
             return _from_entries([(_strip_ext(path.name), str(path))], None)
         return _from_entries(_read_list_file(path), path.parent)

@@ -27,12 +27,13 @@ from ..data.decode import DECODES, LEGACY_DECODE, decode_rgb
 from ..data.augment import (MIN_SIDE, MULTIPLE, VARIANTS, apply_augment, image_seed, normalize,
                             sample_augment)
 from ..data.images import (DEFAULT_MAX_PIXELS, ImageItem, ImageLoadError, check_image_size,
-                           list_images, read_rgb, read_image_size, regular_file)
+                           list_images, read_rgb, read_image_size, source_stat)
+from ..data.members import parse_member
 from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
 from ..store.codec import StoredTarget, encode_target, stored_tensors
-from ..store.layout import DTYPES, SHARD_DIR, chunk_done, file_digest, target_digest
+from ..store.layout import DTYPES, SHARD_DIR, chunk_done, source_digest, target_digest
 from ..store.records import Chunk, StoreConfig, StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
@@ -98,9 +99,8 @@ def _prepare(item: ImageItem, position: int, config: StoreConfig, max_pixels: in
     """Check, decode, augment and normalize one image; any problem becomes a skipped record."""
     base = dict(image_id=item.id, index=position, source=item.path)
     try:
-        st = regular_file(item.path)
-        source = dict(source_bytes=st.st_size, source_mtime_ns=st.st_mtime_ns,
-                      source_checksum=file_digest(item.path))
+        size, mtime_ns = source_stat(item.path)  # a tar member: its size, the archive's mtime
+        source = dict(source_bytes=size, source_mtime_ns=mtime_ns, source_checksum=source_digest(item.path))
         H, W = read_image_size(item.path)
         check_image_size((H, W), max_pixels, what="source image")
         params = sample_augment(H, W, image_seed(config.seed, item.id), config.augment,
@@ -241,7 +241,8 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hu
     rank, world, local_rank = dist_env()
     device = resolve_device(opts.device, local_rank if world > 1 else None)
     items = list_images(images)
-    items = [ImageItem(it.id, os.path.abspath(it.path)) for it in items[:opts.limit]]
+    items = [ImageItem(it.id, it.path if parse_member(it.path) else os.path.abspath(it.path))
+             for it in items[:opts.limit]]
     bb, name, recorded_weights = _backbone(backbone, Weights.parse(weights), device)
     check_stride(opts.stride, int(bb.window), int(bb.patch_size))
     if teacher_fn is None:

@@ -85,6 +85,14 @@ def file_digest(path: str, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def source_digest(path: str) -> str:
+    """XXH3-128 (hex) of an image source: a file, or the bytes of a tar member source."""
+    from ..data.images import read_source_bytes
+    from ..data.members import parse_member
+
+    return file_digest(path) if parse_member(path) is None else bytes_digest(read_source_bytes(path))
+
+
 def json_bytes(obj) -> bytes:
     """Canonical JSON (sorted keys, fixed layout) so equal content gives equal bytes."""
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()

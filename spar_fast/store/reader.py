@@ -6,10 +6,10 @@ import os
 import torch
 
 from ..data.augment import apply_augment
-from ..data.images import read_rgb, printable_id
+from ..data.images import printable_id, read_rgb, source_stat
 from ..errors import UserError
 from .codec import StoredTarget, read_stored_target
-from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, file_digest, read_json, target_digest
+from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, read_json, source_digest, target_digest
 from .records import StoreConfig, StoreRecord, read_manifest
 
 _REPAIR = "rerun `spar-fast features` with the store's options to recompute it"
@@ -23,12 +23,15 @@ def source_changed(rec: StoreRecord) -> str | None:
     """Why the source image of ``rec`` no longer is the file its target was computed from, or
     ``None``. Fast path: size and mtime as recorded; the checksum is read only when they differ."""
     try:
-        st = os.stat(rec.source)
-    except OSError:
+        size, mtime_ns = source_stat(rec.source)  # a tar member: its size, the archive's mtime
+    except UserError:
         return "source image missing"
-    if st.st_size == rec.source_bytes and st.st_mtime_ns == rec.source_mtime_ns:
+    if size == rec.source_bytes and mtime_ns == rec.source_mtime_ns:
         return None
-    if st.st_size != rec.source_bytes or file_digest(rec.source) != rec.source_checksum:
+    try:
+        if size != rec.source_bytes or source_digest(rec.source) != rec.source_checksum:
+            return "source image changed since extraction"
+    except UserError:  # a tar member cut short since
         return "source image changed since extraction"
     return None
 

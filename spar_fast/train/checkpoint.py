@@ -2,7 +2,9 @@
 
 Layout in a run directory:
 
-* ``weights-<step>.safetensors`` — the latest periodic weights (the full open_clip state dict);
+* ``weights-<step>.safetensors`` — the latest periodic weights: a delta file
+  (:mod:`spar_fast.backbones.delta`: the trained tensors + the base's identity), or the full
+  open_clip state dict (``full_weights``, and runs of older versions);
 * ``final.safetensors`` — the weights after the last step (replaces the periodic file);
 * ``state-<step>.safetensors`` / ``state-final.safetensors`` — every tensor of the trainer state:
   optimizer moments and steps, RNG states (torch, CUDA, numpy's MT19937 key, Python's
@@ -109,17 +111,26 @@ def _file_entry(run_dir: str, name: str) -> dict:
     return {"name": name, "bytes": os.path.getsize(full), "xxh3_128": file_digest(full)}
 
 
-def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False) -> str:
+def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False,
+                    delta: tuple | None = None) -> str:
     """Write weights, the tensor state, then ``trainer_state.json``; prune superseded files.
 
     ``state``: the trainer state (nested dicts / lists / tuples of tensors, numbers, strings;
-    must hold ``global_step``). Returns the weights path."""
+    must hold ``global_step``). ``delta``: ``(names, BaseIdentity, metadata)`` to write only the
+    tensors ``names`` over that base; None writes the full state dict. Returns the weights path."""
     from safetensors.torch import save_file
+
+    from ..backbones.delta import save_delta
 
     tag = "final" if final else f"{state['global_step']:08d}"
     name = FINAL_WEIGHTS if final else f"weights-{tag}.safetensors"
     state_name = f"state-{tag}.safetensors"
-    save_weights(model, os.path.join(run_dir, name), metadata={"global_step": str(state["global_step"])})
+    step = {"global_step": str(state["global_step"])}
+    if delta is None:
+        save_weights(model, os.path.join(run_dir, name), metadata=step)
+    else:
+        names, base, extra = delta
+        save_delta(model, names, os.path.join(run_dir, name), base, dict(extra, **step))
     tensors: dict = {}
     tree = _encode(dict(state, rng=rng_state()), tensors, "s")
     atomic_write_with(os.path.join(run_dir, state_name), lambda tmp: save_file(tensors, tmp))

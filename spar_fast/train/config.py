@@ -61,6 +61,9 @@ class TrainConfig:
                                       choices=LOADER_STAGES, kind=str)
     allow_partial: bool = option(False, "train on an unfinished store (only the targets it holds)",
                                  flag="--allow-partial")
+    full_weights: bool = option(False, "write checkpoints as the full open_clip state dict (standalone) "
+                                "instead of a delta holding only the trained tensors",
+                                flag="--full-weights")
     resume: bool = option(True, "start over even if the output directory holds a checkpoint", flag="--no-resume")
     progress: bool = option(True, "no progress bar", flag="--quiet")
 

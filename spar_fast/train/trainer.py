@@ -109,6 +109,21 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
     return run.loop()
 
 
+def _delta_spec(bb, names: list[str], cfg: TrainConfig, store: str, store_cfg: StoreConfig) -> tuple:
+    """``(names, BaseIdentity, metadata)`` for delta checkpoints: the base is the freshly built
+    student init (checksummed before any step), the metadata the unfreeze string, the training
+    settings and the store's identity (folder and store.json settings)."""
+    import json
+
+    from ..backbones.delta import BaseIdentity
+
+    base = BaseIdentity.of(bb.model, names, cfg.backbone, cfg.weights)
+    training = {k: v for k, v in cfg.resume_key(1).items() if k != "chunks_per_step"}
+    store_id = dict(store_cfg.to_dict(), path=os.path.abspath(store))
+    return list(names), base, {"unfreeze": cfg.unfreeze, "training": json.dumps(training, sort_keys=True),
+                               "store": json.dumps(store_id, sort_keys=True, default=str)}
+
+
 class _Run:
     """One training run of a process: the model and optimizer, the data, the position in the
     epoch plans, and the host-side record of steps whose device values are not read yet."""
@@ -121,6 +136,7 @@ class _Run:
         self.resume_key = cfg.resume_key(world)
         self.bb = bb = Backbone.from_pretrained(cfg.backbone, weights=cfg.weights)
         trainable = apply_unfreeze(cfg.unfreeze, bb)
+        self.delta = None if cfg.full_weights else _delta_spec(bb, trainable.names, cfg, store, store_cfg)
         bb.to(device).train()
         named = dict(bb.model.named_parameters())
         self.params = [named[n] for n in trainable.names]
@@ -247,5 +263,5 @@ class _Run:
                 "config": self.resume_key, "epoch": self.epoch, "step_in_epoch": self.start,
                 "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "done": final, "skipped_images": self.skipped},
-                final=final)
+                final=final, delta=self.delta)
         barrier(self.world)
