@@ -16,6 +16,7 @@ from ..runtime import Weights
 from . import registry
 from .dinov3txt import DinoTxtTower, is_dinotxt
 from .layers import require_inactive, sdpa_attend, varlen_attend
+from .naflex import NaFlexTower, is_naflex
 from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
 
@@ -40,8 +41,9 @@ def _create_seeded(create_model, open_clip_name: str, seed: int) -> nn.Module:
 class Backbone(nn.Module):
     """Dense features of an open_clip model (SigLIP2 timm trunk or OpenCLIP VisionTransformer).
 
-    Attributes: ``family`` ("siglip2" | "openclip"), ``name``, ``patch_size``, ``window`` (native
-    size), ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model),
+    Attributes: ``family`` ("siglip2" | "naflex" | "openclip" | "dinov3txt"), ``name``,
+    ``patch_size``, ``window`` (native size; NaFlex: the square fitting its patch budget),
+    ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model),
     ``weights_id`` (which weights, for cache keys; None for a wrapped model).
     """
 
@@ -49,6 +51,8 @@ class Backbone(nn.Module):
         super().__init__()
         if is_dinotxt(model):
             tower = DinoTxtTower(model)
+        elif is_naflex(model):
+            tower = NaFlexTower(model)
         elif is_siglip2(model):
             tower = SigLIP2Tower(model)
         elif is_openclip_vit(model):
@@ -81,13 +85,15 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, weights="hub", device=None, trusted: bool = False,
-                        **deprecated) -> "Backbone":
+                        max_patches="default", **deprecated) -> "Backbone":
         """Build through open_clip with ``weights``: ``"hub"`` (the published weights, needs the
         network once), ``"random"`` / ``"random:SEED"`` (a seeded random init, the same in every
         process), a local checkpoint path (any format of
         :func:`spar_fast.backbones.weights.load_weights`; ``trusted`` allows full unpickling) or a
         :class:`spar_fast.runtime.Weights`. Sets ``weights_id`` (:meth:`Weights.identity`). The
-        older ``pretrained=True | False | PATH`` still works, with a deprecation warning."""
+        older ``pretrained=True | False | PATH`` still works, with a deprecation warning.
+        ``max_patches``: NaFlex backbones' patch budget (:meth:`set_max_patches`; "default" keeps
+        the model's own)."""
         import open_clip
 
         from .weights import load_weights
@@ -102,10 +108,14 @@ class Backbone(nn.Module):
                 raise UserError(f"{name!r} has no hub weights; use random weights (weights='random[:SEED]', "
                                 "--weights random) or a local file (weights=PATH, --weights PATH)")
             try:
-                model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
+                if entry.hub_source:
+                    model = open_clip.create_model(entry.hub_source)
+                else:
+                    model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
             except Exception as exc:
-                raise UserError(f"cannot fetch the {name!r} hub weights ({entry.open_clip_name}, "
-                                f"{entry.pretrained_tag}): {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                source = entry.hub_source or f"{entry.open_clip_name}, {entry.pretrained_tag}"
+                raise UserError(f"cannot fetch the {name!r} hub weights ({source}): "
+                                f"{str(exc).splitlines()[0] if str(exc) else exc!r}; "
                                 "offline, use a local file (weights=PATH, --weights PATH) or random "
                                 "weights (weights='random', --weights random)") from exc
         else:
@@ -119,6 +129,8 @@ class Backbone(nn.Module):
             model.to(device)
         bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
         bb.weights_id = chosen.identity()
+        if max_patches != "default":
+            bb.set_max_patches(max_patches)
         return bb
 
     @classmethod
@@ -143,6 +155,19 @@ class Backbone(nn.Module):
         return bb.to(device) if device is not None else bb
 
     # geometry / parameters ------------------------------------------------------------------
+    @property
+    def max_patches(self) -> int | None:
+        """NaFlex: the patch budget of the input rule (None: each image's own patch count);
+        None for the other families, which take any size as it is."""
+        return getattr(self._tower, "max_patches", None)
+
+    def set_max_patches(self, max_patches: int | None) -> None:
+        """Set a NaFlex backbone's patch budget (docs/NAFLEX.md); ``window`` follows it."""
+        if not hasattr(self._tower, "set_max_patches"):
+            raise UserError(f"max_patches applies to NaFlex backbones only, not {self.family} ({self.name})")
+        self._tower.set_max_patches(max_patches)
+        self.window = self._tower.window
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(h, w)`` of an ``H x W`` image (SigLIP2: ceil; OpenCLIP: floor)."""
         return self._tower.grid(height, width)
