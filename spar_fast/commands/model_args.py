@@ -19,7 +19,7 @@ AREA_THD = arg_type(float, finite_above(0.0, inclusive=True))
 def _max_patches(text: str):
     """``--max-patches``: a whole number >= 1, or ``image`` (each image's own patch count)."""
     if text.strip().lower() == "image":
-        return None
+        return "image"
     return POSITIVE_INT(text)
 
 
@@ -31,7 +31,7 @@ def add_model_args(parser: argparse.ArgumentParser, multi_weights: bool = False)
     ``--device``."""
     add_backbone(parser, "siglip2-b16-512")
     add_weights(parser, None if multi_weights else "hub", "hub", repeatable=multi_weights)
-    parser.add_argument("--max-patches", type=_max_patches, default="default", metavar="N|image",
+    parser.add_argument("--max-patches", type=_max_patches, default=None, metavar="N|image",
                         help="NaFlex backbones only: the patch budget each image is resized to, keeping its "
                              "ratio, or 'image' for its own patch count (default: the model's position "
                              "grid, 256 for siglip2-b16-naflex; docs/NAFLEX.md)")
@@ -52,5 +52,6 @@ def load_model(args, weights=None):
 
     device = resolve_device(args.device)
     chosen = weights if weights is not None else args.weights
-    return Backbone.from_pretrained(args.backbone, weights=chosen, max_patches=getattr(args, "max_patches", "default")
-                                    ).to(device).eval()
+    budget = getattr(args, "max_patches", None)  # None: not given; "image": no fixed budget
+    budget = "default" if budget is None else None if budget == "image" else budget
+    return Backbone.from_pretrained(args.backbone, weights=chosen, max_patches=budget).to(device).eval()

@@ -1,0 +1,101 @@
+"""The NaFlex backbone through segment / embed / eval / the API, offline with random weights."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import spar_fast as sf
+from spar_fast.cli import main
+from test_datasets import make_dataset
+
+TINY = ["--backbone", "naflex-tiny", "--device", "cpu", "--weights", "random:2"]
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPAR_FAST_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def photo(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (50, 75, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["single", "slide"])
+def test_segment(tmp_path, photo, capsys, mode):
+    mask = tmp_path / "m.png"
+    rc = main(["segment", photo, "--classes", "person; sky; ground", "--mode", mode, "--no-resize", *TINY,
+               "-o", str(tmp_path / "o.png"), "--save-mask", str(mask)])
+    assert rc == 0, capsys.readouterr().err
+    labels = np.array(Image.open(mask))
+    assert labels.shape == (50, 75) and labels.max() < 3
+
+
+@pytest.mark.parametrize("budget,grid", [("6", (2, 3)), ("image", (4, 5)), (None, (3, 5))])
+def test_embed_follows_the_budget(tmp_path, photo, budget, grid):
+    out = tmp_path / "f.npy"
+    extra = [] if budget is None else ["--max-patches", budget]
+    assert main(["embed", photo, "--no-resize", *TINY, *extra, "-o", str(out)]) == 0
+    feats = np.load(out)
+    assert feats.shape == (*grid, 64)  # 50x75 keeps its ratio: 2x3 <= 6, 4x5 its own, 3x5 <= 16
+
+
+def test_max_patches_errors(tmp_path, photo, capsys):
+    rc = main(["embed", photo, "--backbone", "siglip2-tiny", "--device", "cpu", "--weights", "random",
+               "--max-patches", "64", "-o", str(tmp_path / "f.npy")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NaFlex backbones only" in err and err.count("\n") == 1
+    rc = main(["embed", photo, *TINY, "--max-patches", "0", "-o", str(tmp_path / "f.npy")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--max-patches: must be >= 1" in err and err.count("\n") == 1
+
+
+def test_eval_uses_siglip2_settings(tmp_path, capsys):
+    make_dataset(tmp_path, "voc21")
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--dataset", "voc21", "--root", str(tmp_path), *TINY, "--limit", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())["results"][0]
+    assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100 and r["settings"]["logit_scale"] == 65.0
+
+
+def test_api_segment_batch_and_lposs():
+    bb = sf.Backbone.from_pretrained("naflex-tiny", weights="random:2", max_patches=12)
+    assert bb.max_patches == 12 and bb.window == 48
+    images = [torch.randn(3, 40, 70), torch.randn(3, 64, 30)]
+    single = [sf.segment(bb, img, ["a", "b", "c"]) for img in images]
+    from spar_fast.segmentation.infer import segment_batch
+    batch = segment_batch(bb, images, ["a", "b", "c"], precision="fp32")
+    assert all(torch.equal(s, b) for s, b in zip(single, batch))
+    refined = sf.segment(bb, images[0], ["a", "b", "c"], refine="lposs")
+    assert refined.shape == (40, 70)
+
+
+@pytest.mark.slow
+def test_b16_segment_cli_random(tmp_path, photo, capsys):
+    mask = tmp_path / "m.png"
+    rc = main(["segment", photo, "--classes", "person; sky", "--backbone", "siglip2-b16-naflex",
+               "--weights", "random:1", "--device", "cpu", "-o", str(tmp_path / "o.png"), "--save-mask", str(mask)])
+    assert rc == 0, capsys.readouterr().err
+    assert np.array(Image.open(mask)).shape == (50, 75)
+
+
+def test_distill_naflex_student(tmp_path, capsys):
+    """A NaFlex teacher (its windows fit the budget unresized) and a NaFlex student trained at each
+    crop's own resolution, so its grid is the target's [H/P, W/P]."""
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (h, w) in enumerate([(40, 56), (48, 40)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    run = str(tmp_path / "run")
+    rc = main(["distill", str(photos), "--out", run, "--backbone", "naflex-tiny", "--weights", "random:1",
+               "--augment", "none", "--epochs", "1", "--workers", "0", "--quiet", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "final weights:" in captured.out
