@@ -99,3 +99,21 @@ def test_distill_naflex_student(tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "final weights:" in captured.out
+
+
+def test_lposs_patch_centres_follow_the_resized_grid(monkeypatch):
+    """A NaFlex grid cell covers H/h x W/w input pixels: LPOSS's patch centres span the image."""
+    from spar_fast.segmentation import lposs
+    seen = {}
+
+    def capture(feats, centres, scores, *args):
+        seen["centres"] = centres
+        return scores
+    monkeypatch.setattr(lposs, "propagate_patches", capture)
+    bb = sf.Backbone.from_pretrained("naflex-tiny", weights="random:2", max_patches=6)
+    h, w = bb.grid(40, 70)
+    assert (h, w) == (2, 3)  # cells of 20 x 23.3 px, not 16 x 16
+    sf.segment(bb, torch.randn(3, 40, 70), ["a", "b"], refine="lposs")
+    cy, cx = 40 / h, 70 / w
+    want = torch.tensor([[cy / 2 + cy * i, cx / 2 + cx * j] for i in range(h) for j in range(w)])
+    assert torch.allclose(seen["centres"], want)
