@@ -117,3 +117,17 @@ def test_lposs_patch_centres_follow_the_resized_grid(monkeypatch):
     cy, cx = 40 / h, 70 / w
     want = torch.tensor([[cy / 2 + cy * i, cx / 2 + cx * j] for i in range(h) for j in range(w)])
     assert torch.allclose(seen["centres"], want)
+
+
+@pytest.mark.parametrize("mode", ["single", "slide"])
+def test_eval_world_folder(tmp_path, capsys, mode):
+    """The synthetic world's labelled folder through eval, packed batches of two, both modes."""
+    from spar_fast.world.dataset import WorldLayout, val_split, write_world
+    root = write_world(tmp_path / "w", WorldLayout(val_sides=(64, 128), val_pixels=128 * 128 * 2,
+                                                   train_count=1, unlabelled_count=1))
+    out = tmp_path / "r.json"
+    rc = main(["eval", "--dataset", "folder", "--root", root, "--split", val_split(128), "--mode", mode,
+               "--batch-size", "2", *TINY, "--max-patches", "image", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())["results"][0]
+    assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100
