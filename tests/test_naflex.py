@@ -196,3 +196,15 @@ def test_b16_random_init_matches_timm():
         assert_close(out, dense_reference(bb, image), 1e-4)
         resized = F.interpolate(image[None], size=(208, 304), mode="bilinear", align_corners=False, antialias=True)
         assert_close(trunk.attn_pool(_tokens(bb, image[None])), trunk(resized), 1e-4)
+
+
+def test_from_open_clip_and_raw_config_name():
+    import open_clip
+    from spar_fast.backbones import registry
+    registry.ensure_registered()
+    bb = sf.Backbone.from_open_clip(open_clip.create_model("SPAR-Tiny-NaFlex"), name="naflex-tiny")
+    assert bb.family == "naflex" and bb.max_patches == 16
+    raw = sf.Backbone.from_pretrained("SPAR-Tiny-NaFlex", weights="random", max_patches=None)
+    assert raw.name == "naflex-tiny" and raw.max_patches is None and raw.grid(50, 90) == (4, 6)
+    with pytest.raises(UserError, match="NaFlex backbones only"):
+        sf.Backbone.from_pretrained("openclip-tiny", weights="random", max_patches=64)
