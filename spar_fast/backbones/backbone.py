@@ -101,6 +101,8 @@ class Backbone(nn.Module):
         chosen = Weights.parse(weights) if not deprecated else Weights.deprecated_keyword(deprecated, "from_pretrained")
         entry = registry.resolve(name)
         if entry.family == "dinov3txt":
+            if max_patches != "default":
+                raise UserError(f"max_patches applies to NaFlex backbones only, not dinov3txt ({name})")
             return cls._from_dinov3txt_weights(name, chosen, device, trusted)
         registry.ensure_registered()
         if chosen.kind == "hub":
