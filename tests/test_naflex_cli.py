@@ -60,8 +60,10 @@ def test_eval_uses_siglip2_settings(tmp_path, capsys):
     out = tmp_path / "r.json"
     rc = main(["eval", "--dataset", "voc21", "--root", str(tmp_path), *TINY, "--limit", "2", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    r = json.loads(out.read_text())["results"][0]
+    summary = json.loads(out.read_text())
+    r = summary["results"][0]
     assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100 and r["settings"]["logit_scale"] == 65.0
+    assert summary["max_patches"] == 16
 
 
 def test_api_segment_batch_and_lposs():
@@ -129,5 +131,6 @@ def test_eval_world_folder(tmp_path, capsys, mode):
     rc = main(["eval", "--dataset", "folder", "--root", root, "--split", val_split(128), "--mode", mode,
                "--batch-size", "2", *TINY, "--max-patches", "image", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
-    r = json.loads(out.read_text())["results"][0]
-    assert r["num_images"] == 2 and 0 <= r["mIoU"] <= 100
+    summary = json.loads(out.read_text())
+    assert summary["results"][0]["num_images"] == 2 and 0 <= summary["results"][0]["mIoU"] <= 100
+    assert summary["max_patches"] == "image"
