@@ -1,4 +1,5 @@
-"""Packed forward (one token sequence for images of different sizes) on the tiny configs.
+"""Packed forward (one token sequence for images of different sizes) on the tiny configs
+(naflex-tiny at its default budget of 16 patches: every image resized by its input rule).
 
 Checks: packed == each image alone (batched forward and the module reference); parameter
 gradients of one packed forward+backward == the sum of per-image gradients; grad_from_block keeps
@@ -14,7 +15,7 @@ import spar_fast as sf
 from spar_fast.backbones.reference import dense_reference
 
 torch.set_num_threads(2)
-NAMES = ["siglip2-tiny", "openclip-tiny"]
+NAMES = ["siglip2-tiny", "openclip-tiny", "naflex-tiny"]
 
 
 def close(a, b, rel=2e-5):
@@ -91,8 +92,9 @@ def test_packed_gradients_equal_per_image_sum(models, name):
 
 
 def _block_norm2(bb, i):
-    blocks = bb.model.visual.trunk.blocks if bb.family == "siglip2" else bb.model.visual.transformer.resblocks
-    return blocks[i].norm2 if bb.family == "siglip2" else blocks[i].ln_2
+    timm = bb.family in ("siglip2", "naflex")
+    blocks = bb.model.visual.trunk.blocks if timm else bb.model.visual.transformer.resblocks
+    return blocks[i].norm2 if timm else blocks[i].ln_2
 
 
 @pytest.mark.parametrize("name", NAMES)

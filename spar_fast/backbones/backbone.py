@@ -17,6 +17,7 @@ from ..runtime import Weights
 from . import registry
 from .dinov3txt import DinoTxtTower, is_dinotxt
 from .layers import require_inactive, sdpa_attend, varlen_attend
+from .naflex import NaFlexTower, is_naflex
 from .openclip_vit import OpenCLIPTower, is_openclip_vit
 from .siglip2 import SigLIP2Tower, is_siglip2
 
@@ -50,8 +51,9 @@ def _create_seeded(create_model, open_clip_name: str, seed: int) -> nn.Module:
 class Backbone(nn.Module):
     """Dense features of an open_clip model (SigLIP2 timm trunk or OpenCLIP VisionTransformer).
 
-    Attributes: ``family`` ("siglip2" | "openclip"), ``name``, ``patch_size``, ``window`` (native
-    size), ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model),
+    Attributes: ``family`` ("siglip2" | "naflex" | "openclip" | "dinov3txt"), ``name``,
+    ``patch_size``, ``window`` (native size; NaFlex: the square fitting its patch budget),
+    ``feature_dim``, ``mean``/``std`` (tuples), ``num_blocks``, ``model`` (open_clip model),
     ``weights_id`` (which weights, for cache keys; None for a wrapped model).
     """
 
@@ -59,6 +61,8 @@ class Backbone(nn.Module):
         super().__init__()
         if is_dinotxt(model):
             tower = DinoTxtTower(model)
+        elif is_naflex(model):
+            tower = NaFlexTower(model)
         elif is_siglip2(model):
             tower = SigLIP2Tower(model)
         elif is_openclip_vit(model):
@@ -92,7 +96,7 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str | None = None, weights="hub", device=None, trusted: bool = False,
-                        base=None, **deprecated) -> "Backbone":
+                        base=None, max_patches="default", **deprecated) -> "Backbone":
         """Build through open_clip with ``weights``: ``"hub"`` (the published weights, needs the
         network once), ``"random"`` / ``"random:SEED"`` (a seeded random init, the same in every
         process), a local checkpoint path (any format of
@@ -103,7 +107,9 @@ class Backbone(nn.Module):
         ``name`` may itself be such a folder or hub id; ``None`` takes the backbone a delta or
         folder records (else ``siglip2-b16-512``). Sets ``weights_id`` (:meth:`Weights.identity`)
         and, for a delta, ``delta`` (its metadata and tensor names). The older
-        ``pretrained=True | False | PATH`` still works, with a deprecation warning."""
+        ``pretrained=True | False | PATH`` still works, with a deprecation warning.
+        ``max_patches``: NaFlex backbones' patch budget (:meth:`set_max_patches`; "default" keeps
+        the model's own)."""
         from . import delta as deltas
         from . import pretrained as folders
 
@@ -117,7 +123,7 @@ class Backbone(nn.Module):
                 raise UserError(f"{chosen} holds a {config['backbone']!r} model, not {name!r} (use --backbone "
                                 f"{config['backbone']} or leave --backbone out)")
             bb = cls.from_pretrained(config["backbone"], weights=folders.model_file(folder), device=device,
-                                     trusted=trusted, base=base)
+                                     trusted=trusted, base=base, max_patches=max_patches)
             bb.weights_id = Weights("pretrained", path=folder).identity()
             return bb
         meta = deltas.read_delta_metadata(chosen.path) if chosen.kind == "file" else None
@@ -128,15 +134,16 @@ class Backbone(nn.Module):
             if base_weights.kind == "file" and os.path.samefile(base_weights.path, chosen.path):
                 raise UserError(f"{chosen.path}: a delta cannot be its own base; pass the weights it was "
                                 "trained from (base=..., --base-weights)")
-            bb = cls.from_pretrained(name, weights=base_weights, trusted=trusted)
+            bb = cls.from_pretrained(name, weights=base_weights, trusted=trusted, max_patches=max_patches)
             deltas.apply_delta(bb.model, chosen.path, backbone=name, meta=meta, given=str(base_weights))
             bb.delta = deltas.DeltaInfo(meta, tuple(deltas.read_delta_names(chosen.path)))
             bb.weights_id = chosen.identity()
             return bb.to(device) if device is not None else bb
-        return cls._from_weights(name or "siglip2-b16-512", chosen, device, trusted)
+        return cls._from_weights(name or "siglip2-b16-512", chosen, device, trusted, max_patches)
 
     @classmethod
-    def _from_weights(cls, name: str, chosen: Weights, device, trusted: bool) -> "Backbone":
+    def _from_weights(cls, name: str, chosen: Weights, device, trusted: bool,
+                      max_patches="default") -> "Backbone":
         """:meth:`from_pretrained` for hub, random and full-file weights."""
         import open_clip
 
@@ -144,6 +151,8 @@ class Backbone(nn.Module):
 
         entry = registry.resolve(name)
         if entry.family == "dinov3txt":
+            if max_patches != "default":
+                raise UserError(f"max_patches applies to NaFlex backbones only, not dinov3txt ({name})")
             return cls._from_dinov3txt_weights(name, chosen, device, trusted)
         registry.ensure_registered()
         if chosen.kind == "hub":
@@ -151,10 +160,14 @@ class Backbone(nn.Module):
                 raise UserError(f"{name!r} has no hub weights; use random weights (weights='random[:SEED]', "
                                 "--weights random) or a local file (weights=PATH, --weights PATH)")
             try:
-                model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
+                if entry.hub_source:
+                    model = open_clip.create_model(entry.hub_source)
+                else:
+                    model = open_clip.create_model(entry.open_clip_name, pretrained=entry.pretrained_tag)
             except Exception as exc:
-                raise UserError(f"cannot fetch the {name!r} hub weights ({entry.open_clip_name}, "
-                                f"{entry.pretrained_tag}): {str(exc).splitlines()[0] if str(exc) else exc!r}; "
+                source = entry.hub_source or f"{entry.open_clip_name}, {entry.pretrained_tag}"
+                raise UserError(f"cannot fetch the {name!r} hub weights ({source}): "
+                                f"{str(exc).splitlines()[0] if str(exc) else exc!r}; "
                                 "offline, use a local file (weights=PATH, --weights PATH) or random "
                                 "weights (weights='random', --weights random)") from exc
         else:
@@ -168,6 +181,8 @@ class Backbone(nn.Module):
             model.to(device)
         bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
         bb.weights_id = chosen.identity()
+        if max_patches != "default":
+            bb.set_max_patches(max_patches)
         return bb
 
     def save_pretrained(self, folder, full: bool = False, dtype=None, metrics: dict | None = None) -> str:
@@ -200,6 +215,19 @@ class Backbone(nn.Module):
         return bb.to(device) if device is not None else bb
 
     # geometry / parameters ------------------------------------------------------------------
+    @property
+    def max_patches(self) -> int | None:
+        """NaFlex: the patch budget of the input rule (None: each image's own patch count);
+        None for the other families, which take any size as it is."""
+        return getattr(self._tower, "max_patches", None)
+
+    def set_max_patches(self, max_patches: int | None) -> None:
+        """Set a NaFlex backbone's patch budget (docs/NAFLEX.md); ``window`` follows it."""
+        if not hasattr(self._tower, "set_max_patches"):
+            raise UserError(f"max_patches applies to NaFlex backbones only, not {self.family} ({self.name})")
+        self._tower.set_max_patches(max_patches)
+        self.window = self._tower.window
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid ``(h, w)`` of an ``H x W`` image (SigLIP2: ceil; OpenCLIP: floor)."""
         return self._tower.grid(height, width)

@@ -29,13 +29,31 @@ def siglip2_reference(bb: Backbone, image: torch.Tensor) -> torch.Tensor:
     x = x + pe.permute(0, 2, 3, 1).reshape(1, h * w, -1)
     x = trunk.norm_pre(trunk.patch_drop(trunk.pos_drop(x)))
     x = trunk.norm(trunk.blocks(x))
-    pool = trunk.attn_pool
+    return _dense_head(trunk.attn_pool, x).reshape(h, w, -1)
+
+
+def naflex_reference(bb: Backbone, image: torch.Tensor) -> torch.Tensor:
+    """NaFlex dense features of ``image [3, H, W]`` -> ``[H'/P, W'/P, C]``: the size from timm's
+    ``get_image_size_for_seq``, an antialiased bilinear resize, timm's ``forward_features`` (its
+    own patchify, linear embedding and position-embedding resize), then the dense head."""
+    from timm.data.naflex_transforms import get_image_size_for_seq
+
+    trunk = bb.model.visual.trunk
+    p = bb.patch_size
+    budget = bb.max_patches or math.ceil(image.shape[-2] / p) * math.ceil(image.shape[-1] / p)
+    _, (h, w) = get_image_size_for_seq(tuple(image.shape[-2:]), p, budget)
+    x = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    x = trunk.forward_features(x)
+    return _dense_head(trunk.attn_pool, x).reshape(h // p, w // p, -1)
+
+
+def _dense_head(pool, x: torch.Tensor) -> torch.Tensor:
+    """The attention pool without its attention on ``x [1, n, C]`` (SPEC §1 SigLIP2 step 4)."""
     b, n, c = x.shape
     kv = pool.kv(x).reshape(b, n, 2, pool.num_heads, pool.head_dim)
     v = kv[:, :, 1].reshape(b, n, c)
     v = pool.proj_drop(pool.proj(v))
-    v = v + pool.mlp(pool.norm(v))
-    return v.reshape(h, w, -1)
+    return v + pool.mlp(pool.norm(v))
 
 
 def openclip_reference(bb: Backbone, image: torch.Tensor) -> torch.Tensor:
@@ -73,6 +91,6 @@ def openclip_reference(bb: Backbone, image: torch.Tensor) -> torch.Tensor:
 
 
 def dense_reference(bb: Backbone, image: torch.Tensor) -> torch.Tensor:
-    """Reference dense features ``[h, w, C]`` of one image for either family."""
-    fn = siglip2_reference if bb.family == "siglip2" else openclip_reference
+    """Reference dense features ``[h, w, C]`` of one image for the SigLIP2, NaFlex or OpenCLIP family."""
+    fn = {"siglip2": siglip2_reference, "naflex": naflex_reference}.get(bb.family, openclip_reference)
     return fn(bb, image)

@@ -12,6 +12,13 @@ tokenizer that needs the hub), so tests run the real code paths of each family i
 * ``openclip-tiny``: an open_clip ``VisionTransformer``, patch 16, native 48, width 64, 2 heads,
   3 blocks, output 32; a tiny text tower.
 
+``siglip2-b16-naflex`` is the single-pass NaFlex baseline of the paper's Fig. 3: open_clip config
+``ViT-B-16-SigLIP2-naflex`` (``configs/``, the same file as newer open_clip sources), whose vision
+tower is timm's ``naflexvit_base_patch16_siglip``; its weights come from the hub repository
+``timm/ViT-B-16-SigLIP2-naflex`` (``hub_source``). ``naflex-tiny`` is a small config of that family
+(timm NaFlex trunk, patch 16, position grid 4x4, width 64, 2 heads, 3 blocks; tiny text tower).
+Both run through :mod:`spar_fast.backbones.naflex` (family ``naflex``, docs/NAFLEX.md).
+
 ``dinov3txt-l16`` (the third SPAR backbone) and ``dinov3txt-tiny`` (patch 16, window 64, width 64,
 4 heads, 3 blocks + the 2-block head; a 2-layer text tower) are not open_clip models: family
 ``dinov3txt``, built by :mod:`spar_fast.backbones.dinov3txt` from ``configs/<name>.json``.
@@ -30,20 +37,29 @@ _CONFIG_DIR = Path(__file__).parent / "configs"
 TINY_TIMM_SIGLIP = "spar_vit_tiny_patch16_siglip_64"
 WORLD_TIMM_SIGLIP = "spar_vit_world_patch16_siglip_128"
 
+TINY_TIMM_NAFLEX = "spar_naflexvit_tiny_patch16_siglip"
+
 # timm SigLIP-style trunks of the small configs: name -> (native size, width, depth, heads)
 _TIMM_TRUNKS = {
     TINY_TIMM_SIGLIP: (64, 64, 3, 2),
     WORLD_TIMM_SIGLIP: (128, 64, 4, 2),
+}
+# timm NaFlex trunks of the small configs: name -> (position-embedding grid side, width, depth, heads)
+_TIMM_NAFLEX_TRUNKS = {
+    TINY_TIMM_NAFLEX: (4, 64, 3, 2),
 }
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     """One known backbone: its open_clip config name and hub pretrained tag (None: no hub weights);
-    ``family`` names a non-open_clip family (its own builder), None for open_clip models."""
+    ``family`` names a non-open_clip family (its own builder), None for open_clip models;
+    ``hub_source``: an open_clip model source (``hf-hub:ORG/REPO``) that holds the hub weights,
+    used instead of the config name + tag when the installed open_clip lists no tag for it."""
     open_clip_name: str | None
     pretrained_tag: str | None
     family: str | None = None
+    hub_source: str | None = None
 
 
 KNOWN = {
@@ -52,6 +68,9 @@ KNOWN = {
     "siglip2-tiny": ModelEntry("SPAR-Tiny-Sig2", None),
     "openclip-tiny": ModelEntry("SPAR-Tiny-OpenCLIP", None),
     "world-s16": ModelEntry("SPAR-World-Sig2", None),
+    "siglip2-b16-naflex": ModelEntry("ViT-B-16-SigLIP2-naflex", "webli",
+                                     hub_source="hf-hub:timm/ViT-B-16-SigLIP2-naflex"),
+    "naflex-tiny": ModelEntry("SPAR-Tiny-NaFlex", None),
     "dinov3txt-l16": ModelEntry(None, None, "dinov3txt"),
     "dinov3txt-tiny": ModelEntry(None, None, "dinov3txt"),
 }
@@ -72,6 +91,9 @@ def ensure_registered() -> None:
     for trunk_name, (size, width, depth, heads) in _TIMM_TRUNKS.items():
         if trunk_name not in timm.list_models(trunk_name):
             register_model(_trunk_factory(trunk_name, size, width, depth, heads, _create_vision_transformer))
+    for trunk_name, (side, width, depth, heads) in _TIMM_NAFLEX_TRUNKS.items():
+        if trunk_name not in timm.list_models(trunk_name):
+            register_model(_naflex_trunk_factory(trunk_name, side, width, depth, heads))
     if not all(e.open_clip_name in open_clip.list_models() for e in KNOWN.values() if e.open_clip_name):
         open_clip.add_model_config(_CONFIG_DIR)
     _registered = True
@@ -86,6 +108,23 @@ def _trunk_factory(trunk_name: str, size: int, width: int, depth: int, heads: in
         kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or dict(
             input_size=(3, size, size), mean=(0.5,) * 3, std=(0.5,) * 3)
         return create(trunk_name, pretrained=pretrained, **dict(args, **kwargs))
+    factory.__name__ = trunk_name
+    factory.__qualname__ = trunk_name
+    factory.__module__ = __name__
+    return factory
+
+
+def _naflex_trunk_factory(trunk_name: str, side: int, width: int, depth: int, heads: int):
+    """A timm model function for a small NaFlex trunk with the settings of
+    ``naflexvit_base_patch16_siglip`` (tanh GELU, 'map' pool, bilinear position-embedding resize),
+    patch 16, a ``side x side`` learned position grid."""
+    def factory(pretrained: bool = False, **kwargs):
+        from timm.models.naflexvit import NaFlexVitCfg, _create_naflexvit
+        cfg = NaFlexVitCfg(patch_size=16, embed_dim=width, depth=depth, num_heads=heads, act_layer="gelu_tanh",
+                           global_pool="map", pos_embed_interp_mode="bilinear", pos_embed_grid_size=(side, side))
+        kwargs["pretrained_cfg"] = kwargs.get("pretrained_cfg") or dict(
+            input_size=(3, 16 * side, 16 * side), mean=(0.5,) * 3, std=(0.5,) * 3)
+        return _create_naflexvit(trunk_name, pretrained=pretrained, cfg=cfg, **kwargs)
     factory.__name__ = trunk_name
     factory.__qualname__ = trunk_name
     factory.__module__ = __name__

@@ -35,6 +35,7 @@ def run(args) -> int:
         from safetensors.torch import save_file
         save_file({"features": feats}, args.output,
                   metadata={"backbone": bb.name or "", "weights": bb.weights_id, "image": args.image,
-                            "input_hw": f"{x.shape[1]}x{x.shape[2]}"})
+                            "input_hw": f"{x.shape[1]}x{x.shape[2]}",
+                            **({"max_patches": str(bb.max_patches or "image")} if bb.family == "naflex" else {})})
     print(f"wrote {args.output}: features {tuple(feats.shape)}")
     return 0

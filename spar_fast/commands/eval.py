@@ -85,6 +85,8 @@ def run(args) -> int:
     results = runs["results"]
     summary = {"backbone": getattr(bb, "name", None) or args.backbone, "weights": str(args.weights), "mode": args.mode,
                "refine": args.refine, "units": "percent", "queries": args.queries, **runs}
+    if getattr(bb, "family", None) == "naflex":  # the patch budget decides the resolution the model saw
+        summary["max_patches"] = "image" if bb.max_patches is None else bb.max_patches
     _print_table(results, summary.get("Mean6"))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:

@@ -16,11 +16,26 @@ PROB_THD = arg_type(float, in_range(0.0, 1.0))
 AREA_THD = arg_type(float, finite_above(0.0, inclusive=True))
 
 
+def _max_patches(text: str):
+    """``--max-patches``: a whole number >= 1, or ``image`` (each image's own patch count)."""
+    if text.strip().lower() == "image":
+        return "image"
+    return POSITIVE_INT(text)
+
+
+_max_patches.__name__ = "max-patches"  # argparse names the type in its messages
+
+
 def add_model_args(parser: argparse.ArgumentParser, multi_weights: bool = False) -> None:
-    """``--backbone``, ``--weights`` (repeatable with ``multi_weights``) and ``--device``."""
+    """``--backbone``, ``--weights`` (repeatable with ``multi_weights``), ``--base-weights``,
+    ``--max-patches`` and ``--device``."""
     add_backbone(parser, None, "siglip2-b16-512")
     add_weights(parser, None if multi_weights else "hub", "hub", repeatable=multi_weights)
     add_base_weights(parser)
+    parser.add_argument("--max-patches", type=_max_patches, default=None, metavar="N|image",
+                        help="NaFlex backbones only: the patch budget each image is resized to, keeping its "
+                             "ratio, or 'image' for its own patch count (default: the model's position "
+                             "grid, 256 for siglip2-b16-naflex; docs/NAFLEX.md)")
     add_device(parser)
 
 
@@ -38,5 +53,8 @@ def load_model(args, weights=None):
 
     device = resolve_device(args.device)
     chosen = weights if weights is not None else args.weights
-    bb = Backbone.from_pretrained(args.backbone, weights=chosen, base=getattr(args, "base_weights", None))
+    budget = getattr(args, "max_patches", None)  # None: not given; "image": no fixed budget
+    budget = "default" if budget is None else None if budget == "image" else budget
+    bb = Backbone.from_pretrained(args.backbone, weights=chosen, base=getattr(args, "base_weights", None),
+                                  max_patches=budget)
     return bb.to(device).eval()

@@ -27,6 +27,8 @@ DEFAULT_SETTINGS = HeadSettings(logit_scale=40.0, prob_thd=0.0, area_thd=None)
 SETTINGS = {
     ("siglip2", "voc21"): HeadSettings(logit_scale=65.0),
     ("siglip2", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
+    ("naflex", "voc21"): HeadSettings(logit_scale=65.0),  # SigLIP2 weights: SigLIP2's settings
+    ("naflex", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
     ("openclip", "voc21"): HeadSettings(logit_scale=65.0, prob_thd=0.1, area_thd=0.1),
     ("openclip", "context60"): HeadSettings(logit_scale=50.0, prob_thd=0.1),
     ("dinov3txt", "voc21"): HeadSettings(logit_scale=65.0),  # SPAR configs/dinov3txt/cfg_*.py: as SigLIP2

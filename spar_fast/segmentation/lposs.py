@@ -4,7 +4,8 @@
 queries, no softmax) of every patch are propagated over a kNN graph of patches
 (:func:`~spar_fast.segmentation.propagation.propagate_patches`). The nodes are the patches of the
 whole image (single pass) or of all windows jointly (sliding window; a patch centre is its
-window's origin + P/2 + P * index, so nearby patches of overlapping windows are close). Window
+window's origin + P/2 + P * index, so nearby patches of overlapping windows are close; for a
+NaFlex backbone's features P is the window's size over its grid, docs/NAFLEX.md). Window
 results are bilinearly resized to the window and averaged over overlaps.
 ``refine="lposs+"``: then the full-resolution result is propagated again over the pixels
 (:func:`~spar_fast.segmentation.propagation.propagate_pixels`, matrix-free).
@@ -97,8 +98,8 @@ def lposs_logits(bb, image: torch.Tensor, queries: torch.Tensor, refine: str, mo
     boxes = _windows(bb, H, W, mode, stride)
     feats, aff, patch = _features(bb, image, boxes, s, amp)
     scores = [F.normalize(f.float(), dim=-1) @ queries.t().float() for f in feats]  # [h, w, Q] each
-    centres = torch.cat([_centres(y, x, f.shape[0], f.shape[1], patch, image.device)
-                         for (y, x, _, _), f in zip(boxes, aff)])
+    centres = torch.cat([_centres(y, x, f.shape[0], f.shape[1], _cell(bb, s, patch, (h, w), f.shape[:2]),
+                                  image.device) for (y, x, h, w), f in zip(boxes, aff)])
     nodes = torch.cat([F.normalize(f.float(), dim=-1).reshape(-1, f.shape[-1]) for f in aff])
     out = propagate_patches(nodes, centres, torch.cat([sc.reshape(-1, sc.shape[-1]) for sc in scores]),
                             s.k, gamma, s.sigma, s.power, s.alpha, s.iters)
@@ -140,10 +141,21 @@ def _features(bb, image, boxes, s: LpossSettings, amp):
     return feats, aff, patch
 
 
-def _centres(y0: int, x0: int, h: int, w: int, patch: int, device) -> torch.Tensor:
-    """Pixel centres ``[h*w, 2]`` of a window's patches: origin + P//2 + P * index (LPOSS)."""
-    ys = y0 + patch // 2 + patch * torch.arange(h, device=device, dtype=torch.float32)
-    xs = x0 + patch // 2 + patch * torch.arange(w, device=device, dtype=torch.float32)
+def _cell(bb, s: LpossSettings, patch: int, box_hw, grid) -> tuple:
+    """Pixel size ``(cell_h, cell_w)`` of a feature-grid cell: the patch size, except for a NaFlex
+    backbone's own features, whose grid covers the window resized by its patch budget."""
+    if s.affinity == "backbone" and getattr(bb, "family", None) == "naflex":
+        return box_hw[0] / grid[0], box_hw[1] / grid[1]
+    return patch, patch
+
+
+def _centres(y0: int, x0: int, h: int, w: int, cell: tuple, device) -> torch.Tensor:
+    """Pixel centres ``[h*w, 2]`` of a window's patches: origin + P//2 + P * index (LPOSS), with
+    ``cell`` = ``(P, P)``; a NaFlex cell ``(ch, cw)`` of any size gives origin + c/2 + c * index."""
+    ch, cw = cell
+    half_h, half_w = (ch // 2, cw // 2) if isinstance(ch, int) else (ch / 2, cw / 2)
+    ys = y0 + half_h + ch * torch.arange(h, device=device, dtype=torch.float32)
+    xs = x0 + half_w + cw * torch.arange(w, device=device, dtype=torch.float32)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
 
 

@@ -135,6 +135,8 @@ class _Run:
         self.rank, self.world, self.device, self.out_dir, self.cfg = rank, world, device, out_dir, cfg
         self.resume_key = cfg.resume_key(world)
         self.bb = bb = Backbone.from_pretrained(cfg.backbone, weights=cfg.weights)
+        if bb.max_patches is not None:  # NaFlex: each crop at its own resolution, as its [H/P, W/P] target
+            bb.set_max_patches(None)
         trainable = apply_unfreeze(cfg.unfreeze, bb)
         self.delta = None if cfg.full_weights else _delta_spec(bb, trainable.names, cfg, store, store_cfg)
         bb.to(device).train()

@@ -32,6 +32,8 @@ VALID_FORMS = "blk_i, qkv_i, mlp_i (i an integer, negative from the end), posemb
 _PARTS = {
     "siglip2": {"qkv": "attn.qkv.", "mlp": "mlp.", "posembed": "trunk.pos_embed",
                 "patchembed": "trunk.patch_embed.", "attn_pool_kv": "trunk.attn_pool.kv."},
+    "naflex": {"qkv": "attn.qkv.", "mlp": "mlp.", "posembed": "trunk.embeds.pos_embed",
+               "patchembed": "trunk.embeds.proj.", "attn_pool_kv": "trunk.attn_pool.kv."},
     "openclip": {"qkv": "attn.in_proj_", "mlp": "mlp.", "posembed": "positional_embedding",
                  "patchembed": "conv1."},
     "dinov3txt": {"qkv": "attn.qkv.", "mlp": "mlp.", "patchembed": "backbone.patch_embed."},
