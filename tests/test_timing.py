@@ -149,3 +149,37 @@ def test_timing_cli_errors(capsys, args, message):
     rc = main(["timing", *TINY, "--weights", "random", *args])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_cuda_event_branch(monkeypatch):
+    """The GPU branch, with fake CUDA events on the virtual clock: spans read from event pairs in
+    milliseconds, summed, after one synchronization at the end of the timed pass."""
+    bb = Clocked()
+    synced = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            self.t = bb.now
+
+        def synchronize(self):
+            synced.append(self.t)
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3  # ms
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+    def one_pass(timed):
+        for n in (60, 60, 7):
+            timed(lambda n=n: bb(torch.zeros(n, 3, 8, 8)))
+        bb.now += 1000  # work outside the spans is not counted
+        return 127
+
+    t = timing.run_protocol(one_pass, "cuda", warmup=2)
+    assert bb.calls == [60, 60, 7] * 3 and t.seconds == pytest.approx(127) and t.spans == 3
+    assert len(synced) == 1

@@ -7,6 +7,7 @@ images of mixed sizes go through one packed forward.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -182,7 +183,8 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         union), ``IoU`` (the same values as a list in class order), and ``dataset``, ``mode``,
         ``num_images``, ``refine``, ``resolution`` (None: the dataset's test resize),
         ``seconds_per_image`` (wall time from the decoded image to its label map: resize,
-        forward, head; the first image, with its one-time costs, included), ``settings`` (logit_scale, prob_thd, area_thd used),
+        forward, head; the first image, with its one-time costs, included) and its median over
+        the images ``seconds_per_image_median`` (robust to a busy machine), ``settings`` (logit_scale, prob_thd, area_thd used),
         ``classes`` (the class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
@@ -199,7 +201,7 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({options.mode})", unit="img")
     one_at_a_time = options.mode == "slide" or options.refine is not None
     scale = options.resolution if options.resolution is not None else spec.scale
-    seconds = 0.0
+    seconds = []  # per image (a batch's time shared by its images)
     for batch in _batches(stream, 1 if one_at_a_time else options.batch_size):
         if spec.classes is None:  # a folder's labels are checked against its class list
             for sample, _, label in batch:
@@ -209,14 +211,15 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         images = [prepare_image(img, bb.mean, bb.std, scale, device) for _, img, _ in batch]
         preds = _predict(bb, images, labels, lines, head, options, queries)
         _synchronize(device)
-        seconds += time.perf_counter() - start
+        seconds += [(time.perf_counter() - start) / len(batch)] * len(batch)
         for pred, label in zip(preds, labels):
             confmat.update(pred, label)
     resolution = None if options.resolution is None else str(options.resolution)
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": options.mode,
                                           "num_images": len(samples), "refine": options.refine,
                                           "resolution": resolution,
-                                          "seconds_per_image": seconds / len(samples),
+                                          "seconds_per_image": sum(seconds) / len(seconds),
+                                          "seconds_per_image_median": statistics.median(seconds),
                                           "settings": head.summary(),
                                           "classes": lines},
                       class_names(dataset, lines))
