@@ -36,10 +36,20 @@ def _draw(ax, panel: Panel) -> None:
     for name, (x, y) in (panel.points or {}).items():
         ax.scatter(x, y, label=name)
         ax.annotate(name, (x, y), fontsize=7)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 128, 0.5 rather than 2^7, 5x10^-1
     if panel.xlog:
         ax.set_xscale("log", base=panel.xlog)
+        if panel.xlog == 10:
+            ax.xaxis.set_major_locator(LogLocator(10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overlapping minor labels
     if panel.ylog:
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.set_title(panel.title, fontsize=9)
