@@ -178,3 +178,24 @@ def test_eval_sweep_cli_errors(tmp_path, capsys, args, message):
     rc = main(["eval", "--dataset", "folder", "--root", str(root), *TINY, *args])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_eval_sweep_include(tmp_path, capsys):
+    """Another backbone's sweep (Fig. 3's baseline) joins the table and plot of this one."""
+    root = write_folder(tmp_path / "f", sizes=[(48, 80), (64, 64)])
+    base = ["eval", "--dataset", "folder", "--root", str(root), "--device", "cpu", "--weights", "random"]
+    other = tmp_path / "other.json"
+    assert main([*base, "--backbone", "openclip-tiny", "--sweep", "short:48,64", "--out", str(other)]) == 0
+    out = tmp_path / "both.json"
+    assert main([*base, "--backbone", "siglip2-tiny", "--sweep", "short:48,64", "--include", str(other),
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["label"] for r in report["rows"]] == ["siglip2-tiny: single pass", "openclip-tiny: single pass"]
+    assert report["rows"][1]["points"] == json.loads(other.read_text())["rows"][0]["points"]
+    assert "openclip-tiny: single pass" in capsys.readouterr().out
+    for bad, message in ((["--sweep", "short:48"], "this run sweeps"), (["--sweep", "short:48,64", "--dataset", "voc21"], "this run sweeps")):
+        rc = main([*base, "--backbone", "siglip2-tiny", *bad, "--include", str(other)])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1, err
+    rc = main([*base, "--backbone", "siglip2-tiny", "--include", str(other)])
+    assert rc == 2 and "need --sweep" in capsys.readouterr().err

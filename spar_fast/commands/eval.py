@@ -61,6 +61,10 @@ def add_parser(subparsers) -> None:
                             "area:512x1024,1024x2048 (pixels; HxW or a number); the first "
                             "--weights runs in each --mode, further --weights (students) in "
                             "single pass; prints mIoU and seconds per image per resolution")
+    sweep.add_argument("--include", action="append", default=None, metavar="SWEEP.json",
+                       help="add the rows of an earlier --sweep --out report (same dataset and "
+                            "resolutions; e.g. another backbone's single pass) to the table and plot; "
+                            "repeatable")
     add_output_args(p, "results")
     p.set_defaults(run=run)
 
@@ -85,8 +89,8 @@ def run(args) -> int:
     weights = weights_list(args)
     if len(weights) > 1 or len(args.mode) > 1:
         raise UserError("several --weights or modes need --sweep (one model, one mode per evaluation)")
-    if args.plot:
-        raise UserError("--plot needs --sweep")
+    if args.plot or args.include:
+        raise UserError("--plot and --include need --sweep")
     if args.out:
         check_output_file(args.out, (".json",))
     queries = load_query_set(args.queries) if args.queries is not None else None

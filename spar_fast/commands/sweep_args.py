@@ -133,12 +133,14 @@ def check_outputs(args) -> None:
 
 def run_sweep(args, queries, lposs) -> int:
     """``spar-fast eval --sweep``: every model at every resolution, a table, JSON and a plot."""
-    from ..jobs.sweep import format_table, plot_sweep, sweep
+    from ..jobs.sweep import combine, format_table, plot_sweep, sweep
     from ..segmentation.queries import default_cache_dir
 
     if args.all:
         raise UserError("--sweep evaluates one dataset; use it with --dataset")
     check_outputs(args)
+    for path in args.include or ():  # checked before the work
+        _check_include(_read_sweep(path), args, path)
     rows = model_rows(weights_list(args), args.mode, (args.stride,))
     report = sweep(loaded(args, rows), args.dataset, args.root, args.sweep, log=print,
                    limit=args.limit, logit_scale=args.logit_scale, prob_thd=args.prob_thd,
@@ -146,11 +148,34 @@ def run_sweep(args, queries, lposs) -> int:
                    cache_dir=default_cache_dir(), queries=queries, classes=args.classes,
                    split=args.split, refine=args.refine, lposs=lposs)
     report.update(backbone=args.backbone, refine=args.refine, device=device_name(args.device))
+    if args.include:
+        report = combine(report, [_read_sweep(path) for path in args.include])
     print(format_table(report))
     for row in report["rows"]:
         print(f"  {row['label']}: --weights {row['weights']}")
     write_outputs(args, report, plot_sweep)
     return 0
+
+
+def _read_sweep(path: str) -> dict:
+    """An earlier ``eval --sweep --out`` report (one-line error when it is not one)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--include {path}: cannot read a sweep report ({exc})") from None
+    if not isinstance(report, dict) or not {"dataset", "sweep", "rows"} <= set(report):
+        raise UserError(f"--include {path}: not a sweep report (written by eval --sweep --out)")
+    return report
+
+
+def _check_include(report: dict, args, path: str) -> None:
+    values = [r.value for r in args.sweep]
+    if report["dataset"] != args.dataset or report["sweep"] != {"kind": args.sweep[0].kind, "values": values}:
+        raise UserError(f"--include {path} sweeps {report['dataset']} at {report['sweep']}; this run sweeps "
+                        f"{args.dataset} at {args.sweep[0].kind} {values}")
 
 
 def device_name(device) -> str:

@@ -65,6 +65,22 @@ def sweep(models: list[tuple[SweepRow, object]], dataset: str, root, resolutions
             "rows": rows, "units": "mIoU in percent (MMSeg), seconds per image"}
 
 
+def combine(report: dict, others: list[dict]) -> dict:
+    """``report`` plus the rows of earlier sweep reports ``others`` (another backbone's, e.g.
+    Fig. 3's NaFlex baseline), every label prefixed by its report's backbone. Each must sweep
+    the same dataset at the same resolutions (``ValueError`` otherwise)."""
+    rows = []
+    for r in [report, *others]:
+        for key in ("dataset", "sweep"):
+            if r.get(key) != report.get(key):
+                raise ValueError(f"cannot combine sweeps of different {key}: {r.get(key)} and {report.get(key)}")
+        backbone = r.get("backbone") or "?"
+        rows += [dict(row, backbone=row.get("backbone", backbone),
+                      label=f"{row.get('backbone', backbone)}: {row['label'].split(': ', 1)[-1]}")
+                 for row in r["rows"]]
+    return dict(report, rows=rows)
+
+
 def x_label(kind: str) -> str:
     return {"short": "short side (px)", "long": "long side (px)", "area": "image area (pixels)"}[kind]
 
