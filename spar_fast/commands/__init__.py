@@ -2,5 +2,5 @@
 (registers the subcommand and its options) and ``run(args) -> int`` (the exit code)."""
 
 # Order in which subcommands appear in ``spar-fast --help``.
-COMMANDS = ("features", "verify", "train", "distill", "demo", "segment", "embed", "pca", "eval", "queries",
-            "world", "serve", "export")
+COMMANDS = ("features", "verify", "train", "distill", "demo", "segment", "embed", "pca", "eval", "timing",
+            "queries", "world", "serve", "export")

@@ -10,6 +10,7 @@ ALL = BENCHMARKS
 def add_parser(subparsers) -> None:
     from .model_args import (AREA_THD, LOGIT_SCALE, POSITIVE_INT, PROB_THD, STRIDE,
                                          add_model_args)
+    from .sweep_args import MODE_LIST, RESOLUTIONS, add_output_args
 
     p = subparsers.add_parser(
         "eval", help="mIoU on VOC / Context / Cityscapes / ADE20K",
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> None:
                    help="dataset folder (e.g. VOCdevkit/VOC2012) or a data folder holding the "
                         "datasets under their standard names")
     from .text_args import add_queries_arg, add_tokenizer_arg
-    add_model_args(p)
+    add_model_args(p, multi_weights=True)
     add_tokenizer_arg(p)
     add_queries_arg(p)
     p.add_argument("--classes", default=None,
@@ -36,8 +37,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default="val",
                    help="folder dataset: the split file splits/SPLIT.txt to use (without it, "
                         "every image under images/)")
-    p.add_argument("--mode", choices=("single", "slide"), default="single",
-                   help="single pass, or sliding window at --stride")
+    p.add_argument("--mode", type=MODE_LIST, default=("single",), metavar="single|slide",
+                   help="single pass, or sliding window at --stride; with --sweep a list "
+                        "(single,slide) for the first --weights (default: single)")
     p.add_argument("--stride", type=STRIDE, default=24, help="sliding-window stride in pixels (>= 1)")
     p.add_argument("--limit", type=POSITIVE_INT, default=None,
                    help="only the first N images per dataset (default: all)")
@@ -52,7 +54,18 @@ def add_parser(subparsers) -> None:
     from .refine_args import add_refine_args
     add_refine_args(p)
     p.add_argument("--per-class", action="store_true", help="also print the per-class IoU")
-    p.add_argument("--out", default=None, help="write the results to this JSON file")
+    sweep = p.add_argument_group("resolution sweep (docs/SWEEP.md)")
+    sweep.add_argument("--sweep", type=RESOLUTIONS, default=None, metavar="KIND:V1,V2,...",
+                       help="evaluate at each resolution instead of the dataset's test resize: "
+                            "short:256,512 (short side), long:1024,2048 (long side) or "
+                            "area:512x1024,1024x2048 (pixels; HxW or a number); the first "
+                            "--weights runs in each --mode, further --weights (students) in "
+                            "single pass; prints mIoU and seconds per image per resolution")
+    sweep.add_argument("--include", action="append", default=None, metavar="SWEEP.json",
+                       help="add the rows of an earlier --sweep --out report (same dataset and "
+                            "resolutions; e.g. another backbone's single pass) to the table and plot; "
+                            "repeatable")
+    add_output_args(p, "results")
     p.set_defaults(run=run)
 
 
@@ -66,24 +79,34 @@ def run(args) -> int:
 
     if args.queries is not None and args.all:
         raise UserError("--queries holds the classes of one dataset; use it with --dataset")
+    from ..segmentation.query_file import load_query_set
+    from .refine_args import lposs_from_args
+    from .sweep_args import run_sweep, weights_list
+    from .text_args import apply_tokenizer
+    if args.sweep is not None:
+        queries = load_query_set(args.queries) if args.queries is not None else None
+        return run_sweep(args, queries, lposs_from_args(args))
+    weights = weights_list(args)
+    if len(weights) > 1 or len(args.mode) > 1:
+        raise UserError("several --weights or modes need --sweep (one model, one mode per evaluation)")
+    if args.plot or args.include:
+        raise UserError("--plot and --include need --sweep")
     if args.out:
         check_output_file(args.out, (".json",))
-    from ..segmentation.query_file import load_query_set
-    from .text_args import apply_tokenizer
     queries = load_query_set(args.queries) if args.queries is not None else None
-    from .refine_args import lposs_from_args
     lposs = lposs_from_args(args)
-    bb = load_model(args)
+    mode = args.mode[0]
+    bb = load_model(args, weights=weights[0])
     apply_tokenizer(bb, args)
     names = ALL if args.all else (args.dataset,)
     runs = evaluate_datasets(
-        bb, names, args.root, mode=args.mode, limit=args.limit, logit_scale=args.logit_scale,
+        bb, names, args.root, mode=mode, limit=args.limit, logit_scale=args.logit_scale,
         prob_thd=args.prob_thd, area_thd=args.area_thd, batch_size=args.batch_size,
         stride=args.stride, progress=True, cache_dir=default_cache_dir(), queries=queries,
         classes=args.classes, split=args.split, refine=args.refine, lposs=lposs,
         on_result=_print_per_class if args.per_class else None)
     results = runs["results"]
-    summary = {"backbone": getattr(bb, "name", None) or args.backbone, "weights": str(args.weights), "mode": args.mode,
+    summary = {"backbone": getattr(bb, "name", None) or args.backbone, "weights": str(weights[0]), "mode": mode,
                "refine": args.refine, "units": "percent", "queries": args.queries, **runs}
     if getattr(bb, "family", None) == "naflex":  # the patch budget decides the resolution the model saw
         summary["max_patches"] = "image" if bb.max_patches is None else bb.max_patches

@@ -7,6 +7,8 @@ images of mixed sizes go through one packed forward.
 """
 from __future__ import annotations
 
+import statistics
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
@@ -18,6 +20,7 @@ from ..runtime import precision_or_amp
 from ..segmentation.infer import segment, segment_batch
 from ..segmentation.preprocess import prepare_image
 from ..segmentation.queries import parse_classes
+from ..segmentation.resolution import parse_resolution
 from ..segmentation.query_file import as_query_set
 from .datasets import folder_class_lines, get_spec, list_samples, load_sample
 from .metrics import ConfusionMatrix
@@ -55,7 +58,9 @@ class EvalOptions:
     model's); ``workers``: decoding threads; ``cache_dir``: text-query cache;
     ``tokenizer``: a local tokenizer path; ``progress``: a progress bar; ``split``: a folder
     dataset's split file ``splits/<split>.txt`` (used when present); ``refine`` / ``lposs``:
-    LPOSS / LPOSS+ refinement (:mod:`spar_fast.segmentation.lposs`) and its settings."""
+    LPOSS / LPOSS+ refinement (:mod:`spar_fast.segmentation.lposs`) and its settings;
+    ``resolution``: a :class:`~spar_fast.segmentation.resolution.Resolution` (or its text,
+    ``"short:512"``) replacing the dataset's test resize (the label map is still scored at the original size)."""
     mode: str = "single"
     limit: int | None = None
     batch_size: int = 1
@@ -69,6 +74,7 @@ class EvalOptions:
     split: str = "val"
     refine: str | None = None
     lposs: object = None  # LpossSettings (spar_fast.segmentation.lposs); None: its defaults
+    resolution: object = None  # Resolution (spar_fast.segmentation.resolution); None: the dataset's
 
     def check(self) -> None:
         if self.mode not in ("single", "slide"):
@@ -79,6 +85,9 @@ class EvalOptions:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be >= 1, got {self.limit}")
+        if self.resolution is not None and not hasattr(self.resolution, "hw"):
+            raise UserError(f"resolution must be a Resolution (e.g. parse_resolution('short:512')), "
+                            f"got {self.resolution!r}")
 
 
 _OPTION_FIELDS = {f.name for f in fields(EvalOptions)}
@@ -115,6 +124,8 @@ def _options(options: EvalOptions | None, overrides: dict) -> EvalOptions:
         raise TypeError(f"evaluate() got unexpected keyword argument(s): {', '.join(unknown)}")
     options = replace(options or EvalOptions(), **overrides)
     options = replace(options, precision=precision_or_amp(options.precision, amp, "evaluate"))
+    if isinstance(options.resolution, str):  # "short:512" (the CLI's text form)
+        options = replace(options, resolution=parse_resolution(options.resolution))
     options.check()
     return options
 
@@ -172,7 +183,10 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         (torchmetrics JaccardIndex), ``mIoU_all_classes`` (absent classes count as 0), ``aAcc``
         (pixel accuracy), ``per_class`` (``{class name: IoU}``, None for a class with an empty
         union), ``IoU`` (the same values as a list in class order), and ``dataset``, ``mode``,
-        ``num_images``, ``refine``, ``settings`` (logit_scale, prob_thd, area_thd used),
+        ``num_images``, ``refine``, ``resolution`` (None: the dataset's test resize),
+        ``seconds_per_image`` (wall time from the decoded image to its label map: resize,
+        forward, head; the first image, with its one-time costs, included) and its median over
+        the images ``seconds_per_image_median`` (robust to a busy machine), ``settings`` (logit_scale, prob_thd, area_thd used),
         ``classes`` (the class lines), ``units`` (``"percent"``).
     """
     spec = get_spec(dataset)
@@ -188,19 +202,35 @@ def evaluate(bb, dataset: str, root, options: EvalOptions | None = None, *, clas
         from tqdm.auto import tqdm
         stream = tqdm(stream, total=len(samples), desc=f"{dataset} ({options.mode})", unit="img")
     one_at_a_time = options.mode == "slide" or options.refine is not None
+    scale = options.resolution if options.resolution is not None else spec.scale
+    seconds = []  # per image (a batch's time shared by its images)
     for batch in _batches(stream, 1 if one_at_a_time else options.batch_size):
-        images = [prepare_image(img, bb.mean, bb.std, spec.scale, device) for _, img, _ in batch]
         if spec.classes is None:  # a folder's labels are checked against its class list
             for sample, _, label in batch:
                 check_label_values(label, len(lines), sample.label)
         labels = [torch.from_numpy(label).to(device) for _, _, label in batch]
-        for pred, label in zip(_predict(bb, images, labels, lines, head, options, queries), labels):
+        start = time.perf_counter()
+        images = [prepare_image(img, bb.mean, bb.std, scale, device) for _, img, _ in batch]
+        preds = _predict(bb, images, labels, lines, head, options, queries)
+        _synchronize(device)
+        seconds += [(time.perf_counter() - start) / len(batch)] * len(batch)
+        for pred, label in zip(preds, labels):
             confmat.update(pred, label)
+    resolution = None if options.resolution is None else str(options.resolution)
     return as_percent(confmat.compute(), {"dataset": dataset, "mode": options.mode,
                                           "num_images": len(samples), "refine": options.refine,
+                                          "resolution": resolution,
+                                          "seconds_per_image": sum(seconds) / len(seconds),
+                                          "seconds_per_image_median": statistics.median(seconds),
                                           "settings": head.summary(),
                                           "classes": lines},
                       class_names(dataset, lines))
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock time includes it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _predict(bb, images, labels, lines, head: HeadSettings, options: EvalOptions, queries) -> list:

@@ -153,30 +153,14 @@ def _settings_dict(settings: PaperSettings) -> dict:
 
 def _plots(out: str, report: dict) -> None:
     """``fig3.png`` (mIoU against image side) and ``fig1.png`` (mIoU against time per image)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import Panel, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, by_side in report["fig3_miou_vs_side"].items():
-        sides = sorted(by_side, key=int)
-        ax.plot([int(s) for s in sides], [by_side[s]["mIoU"] for s in sides], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("image side (px); the backbone was trained at 128")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("The world: mIoU against image size (Fig. 3 in miniature)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "fig3.png"), dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, r in report["fig1_miou_vs_time"].items():
-        ax.scatter(r["seconds_per_image"], r["mIoU"], label=name)
-        ax.annotate(name, (r["seconds_per_image"], r["mIoU"]), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per image (CPU)")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("mIoU against time per image (Fig. 1 in miniature)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "fig1.png"), dpi=110)
-    plt.close(fig)
+    lines = {name: [(int(side), r["mIoU"]) for side, r in by_side.items()]
+             for name, by_side in report["fig3_miou_vs_side"].items()}
+    save_figure(os.path.join(out, "fig3.png"), [Panel(
+        "The world: mIoU against image size (Fig. 3 in miniature)",
+        "image side (px); the backbone was trained at 128", "mIoU (%)", lines=lines, xlog=2)])
+    points = {name: (r["seconds_per_image"], r["mIoU"]) for name, r in report["fig1_miou_vs_time"].items()}
+    save_figure(os.path.join(out, "fig1.png"), [Panel(
+        "mIoU against time per image (Fig. 1 in miniature)", "seconds per image (CPU)", "mIoU (%)",
+        points=points, xlog=10)])

@@ -47,15 +47,21 @@ def resize_to(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
                          antialias=False)[0]
 
 
-def prepare_image(image, mean, std, scale: tuple[int, int] | None = TEST_SCALE,
-                  device=None, min_side: int = 1) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` -> normalized float32 ``[3, H', W']`` (test-resized unless ``scale`` is
-    None). A result with a side below ``min_side`` (e.g. a 3x100000 panorama squeezed under one
-    patch) or above the pixel limit is refused in one line before any resize."""
+def prepare_image(image, mean, std, scale=TEST_SCALE, device=None, min_side: int = 1) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` -> normalized float32 ``[3, H', W']``. ``scale``: a ``(long, short)``
+    test scale (keep-ratio fit), a :class:`~spar_fast.segmentation.resolution.Resolution` (its
+    ``hw(H, W)`` gives the size) or None (keep the size). A result with a side below ``min_side``
+    (e.g. a 3x100000 panorama squeezed under one patch) or above the pixel limit is refused in
+    one line before any resize."""
     from ..data.images import check_image_size
 
     x = to_tensor01(image, device)
-    hw = tuple(x.shape[1:]) if scale is None else keep_ratio_hw(x.shape[1], x.shape[2], scale)
+    if scale is None:
+        hw = tuple(x.shape[1:])
+    elif hasattr(scale, "hw"):
+        hw = scale.hw(x.shape[1], x.shape[2])
+    else:
+        hw = keep_ratio_hw(x.shape[1], x.shape[2], scale)
     check_image_size(hw, min_side=min_side, what="model input")
     x = resize_to(x, hw)
     return normalize(x, mean, std)
