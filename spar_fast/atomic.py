@@ -159,6 +159,16 @@ def create_exclusive(path: str, data: bytes) -> bool:
     return True
 
 
+_IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def save_image(image, path: str) -> None:
+    """Save a PIL image atomically, its format from the suffix of ``path`` (PNG otherwise);
+    write failures are one line like every atomic write."""
+    fmt = _IMAGE_FORMATS.get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+    atomic_write_with(path, lambda tmp: image.save(tmp, format=fmt))
+
+
 def check_writable(path: str) -> None:
     """One-line ``UserError`` unless a file can be written at ``path`` (checked before long work:
     a private temporary folder is made beside it and removed; the name's length is checked too)."""

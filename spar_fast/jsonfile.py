@@ -87,6 +87,33 @@ def read_json_file(path: str, what: str = "JSON file"):
     return parse_json(data, f"{path}")
 
 
+MAX_TEXT_FILE = 1 << 26  # a class file or split list larger than 64 MiB is not one
+
+
+def read_text(path, what: str) -> str:
+    """The UTF-8 text of a line-based input file (class file, split list); one-line
+    :class:`MalformedFile` for a file that is not regular, larger than ``MAX_TEXT_FILE``, binary
+    (NUL bytes) or not UTF-8. Universal newlines, like ``open(path, encoding="utf-8")``."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise MalformedFile(f"{what} {path} is not a regular file")
+        if st.st_size > MAX_TEXT_FILE:
+            raise MalformedFile(f"{what} {path} has {st.st_size} bytes, over {MAX_TEXT_FILE}; not a text list")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_FILE + 1)
+    except OSError as exc:
+        raise MalformedFile(f"cannot read {what} {path} ({exc.strerror or exc})") from None
+    if b"\0" in data:
+        raise MalformedFile(f"{what} {path} is a binary file, not UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedFile(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _kind(value) -> str:
     return "null" if value is None else type(value).__name__
 

@@ -34,7 +34,9 @@ def read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
         try:
             return load_file(path, device="cpu")
         except Exception as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{path}: not a readable safetensors file ({first})") from None
+    check_expansion(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
@@ -43,6 +45,35 @@ def read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
     except Exception as exc:
         raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
     return extract_state_dict(ckpt, path)
+
+
+MAX_EXPANSION = 2  # a torch zip stores tensors uncompressed: its content is about its file size
+
+
+def check_expansion(path: str) -> None:
+    """Refuse (one line), before anything is inflated, a ``torch.save`` zip whose entries
+    together claim more than ``MAX_EXPANSION`` times the file's size (+1 MiB): a small file
+    that would expand hugely. Files that are not zips (legacy pickles) hold their data as is."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            claimed = sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    if claimed > MAX_EXPANSION * size + (1 << 20):
+        raise UserError(f"{path}: its {size} bytes claim {claimed} bytes of content; refused "
+                        "before inflating it")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """One-line ``UserError`` naming the first floating tensor with NaN or infinite values."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{source}: tensor {name} holds NaN or infinite values; refused")
 
 
 def extract_state_dict(ckpt, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -86,7 +117,9 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 def load_weights(model: nn.Module, path: str, trusted: bool = False) -> nn.Module:
     """Load the checkpoint at ``path`` (any accepted format) into the open_clip ``model`` strictly."""
-    load_state_dict_strict(model, read_state_dict(path, trusted=trusted), os.fspath(path))
+    state = read_state_dict(path, trusted=trusted)
+    check_finite(state, os.fspath(path))
+    load_state_dict_strict(model, state, os.fspath(path))
     return model
 
 

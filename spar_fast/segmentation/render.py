@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import save_image
 from .classes import display_name
 
 # Overlay opacity of the class colors over the photo.
@@ -52,4 +53,4 @@ def save_mask(labels: np.ndarray, num_classes: int, path: str) -> None:
         img.putpalette(palette(256).flatten().tolist())
     else:
         img = Image.fromarray(labels.astype(np.uint16))
-    img.save(path)
+    save_image(img, path)

@@ -36,7 +36,6 @@ whoever can rewrite a shard can rewrite its index.
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
