@@ -36,6 +36,12 @@ def run(args) -> int:
             print(f"  ... {len(items) - _SHOW} more ({label})")
     if r["state"] == "unfinished":
         print("  rerun `spar-fast features` with the same options to finish the store")
+    elif not r["repairable"]:
+        print("  its store.json or manifest is damaged: recreate the store with `spar-fast features` "
+              "in a new folder")
+    elif r["state"] == "sources changed":
+        print("  rerun `spar-fast features` with the same options to recompute the targets of "
+              "changed sources; restore missing ones")
     elif r["state"] != "complete":
         print("  rerun `spar-fast features` with the same options to recompute what is damaged")
     return EXIT_CODES[r["state"]]

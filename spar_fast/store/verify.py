@@ -53,7 +53,9 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
 
         {"path", "state" (a key of EXIT_CODES), "ok" (no corruption), "complete" (state is
          "complete"), "chunks", "records", "skipped", "bytes", "errors": [str],
-         "missing_chunks": [name], "incomplete_files": [name], "sources": [str]}
+         "missing_chunks": [name], "incomplete_files": [name], "sources": [str],
+         "repairable": bool (False: store.json or the manifest is damaged; a rerun of
+         ``features`` refuses such a store, it must be recreated)}
 
     ``check_sources``: compare every ok record's source file with its recorded size and mtime,
     hashing it when they differ. Every file is read through its schema-checked reader: a
@@ -63,7 +65,7 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
     shard_dir = os.path.join(path, SHARD_DIR)
     report = {"path": path, "state": "not a store", "ok": False, "complete": False, "chunks": 0,
               "records": 0, "skipped": 0, "bytes": 0, "errors": [], "missing_chunks": [],
-              "incomplete_files": [], "sources": []}
+              "incomplete_files": [], "sources": [], "repairable": True}
     if not os.path.isdir(path):
         report["errors"].append("no such folder")
         return report
@@ -87,8 +89,9 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
             raise MalformedFile(f"{CONFIG_NAME}: format {config.format!r} over a {FORMAT} store "
                                 "(it has a manifest); recreate the store in a new folder")
         chunks = read_manifest(path)
-    except MalformedFile as exc:
+    except MalformedFile as exc:  # the store's plan itself is damaged: no rerun can repair it
         report["errors"].append(str(exc).replace(path + os.sep, ""))
+        report["repairable"] = False
         return report
     if not has_manifest:
         report["missing_chunks"].append(MANIFEST_NAME)
