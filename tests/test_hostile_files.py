@@ -173,18 +173,19 @@ def test_split_list(tmp_path, make):
 
 
 # ---- label maps
-def _png_claiming(path, w, h):
-    """A small PNG whose header claims ``w`` x ``h`` (8-bit grey), with a tiny compressed body."""
+def _png_claiming(path, w, h, whole=False):
+    """A small PNG whose header claims ``w`` x ``h`` (8-bit grey), with a tiny compressed body
+    (``whole``: the whole zero image, a valid file that compresses about 1000:1)."""
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    body = zlib.compress(b"\x00" * 1024)
+    body = zlib.compress(b"\x00" * ((w + 1) * h if whole else 1024))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
                      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
 
 
 LABELS = [
     ("header_20000_square", lambda p: _png_claiming(p, 20000, 20000)),
-    ("header_6000_square", lambda p: _png_claiming(p, 6000, 6000)),  # under Pillow's bomb limit
+    ("valid_6000_square", lambda p: _png_claiming(p, 6000, 6000, whole=True)),  # under Pillow's limit
     ("rgb", lambda p: Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p)),
     ("truncated", lambda p: (Image.fromarray(np.zeros((64, 64), np.uint8)).save(p), os.truncate(p, 60))),
     ("text", lambda p: p.write_text("not a label")),
@@ -220,21 +221,23 @@ def _weights(tensors):
     return lambda p: save_file(tensors, str(p))
 
 
-WEIGHTS = [
-    ("nan", ".safetensors", _weights({"weight": torch.full((2, 3), float("nan")), "bias": torch.zeros(2)})),
-    ("inf", ".safetensors", _weights({"weight": torch.zeros(2, 3), "bias": torch.tensor([0.0, float("inf")])})),
+WEIGHTS = [  # (name, suffix, make, what the line says)
+    ("nan", ".safetensors", _weights({"weight": torch.full((2, 3), float("nan")), "bias": torch.zeros(2)}), "NaN"),
+    ("inf", ".safetensors", _weights({"weight": torch.zeros(2, 3), "bias": torch.tensor([0.0, float("inf")])}),
+     "infinite"),
     ("truncated", ".safetensors", lambda p: (_weights({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})(p),
-                                             os.truncate(p, 30))),
-    ("wrong_shapes", ".safetensors", _weights({"weight": torch.zeros(3, 3), "bias": torch.zeros(2)})),
-    ("zip_bomb", ".pt", _zip_bomb),
+                                             os.truncate(p, 30)), "not a readable"),
+    ("wrong_shapes", ".safetensors", _weights({"weight": torch.zeros(3, 3), "bias": torch.zeros(2)}), "shapes"),
+    ("zip_bomb", ".pt", _zip_bomb, "before inflating"),
     ("nan_pt", ".pt", lambda p: torch.save({"weight": torch.full((2, 3), float("nan")),
-                                            "bias": torch.zeros(2)}, p)),
-    ("text", ".pt", lambda p: p.write_text("not weights")),
+                                            "bias": torch.zeros(2)}, p), "NaN"),
+    ("text", ".pt", lambda p: p.write_text("not weights"), ""),
 ]
 
 
-@pytest.mark.parametrize("suffix,make", [(s, m) for _, s, m in WEIGHTS], ids=[n for n, _, _ in WEIGHTS])
-def test_weights_file(tmp_path, suffix, make):
+@pytest.mark.parametrize("suffix,make,says", [(s, m, w) for _, s, m, w in WEIGHTS],
+                         ids=[n for n, _, _, _ in WEIGHTS])
+def test_weights_file(tmp_path, suffix, make, says):
     import resource
 
     from spar_fast.backbones.weights import load_weights
@@ -242,7 +245,7 @@ def test_weights_file(tmp_path, suffix, make):
     path = tmp_path / f"w{suffix}"
     make(path)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UserError, match=says) as info:
         load_weights(torch.nn.Linear(3, 2), str(path))
     _one_line(info)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

@@ -328,3 +328,13 @@ def test_features_keeps_files_it_did_not_create(store):
     run_job(images, path)
     assert sorted(n for n in os.listdir(path) if n not in store_files(clean) and n != "shards") == \
         sorted(FOREIGN)
+
+
+def test_foreign_files_in_shards_are_named_not_damage(store, capsys):
+    images, path, _ = store
+    for name in ("notes.tmp", ".tmpAbC123", "r000-000099.json"):
+        (path / "shards" / name).write_text("a user's file")
+    code, text = _verify_cli(path, capsys)
+    assert code == 0 and "not the store's (kept): notes.tmp" in text
+    run_job(images, path)
+    assert (path / "shards" / "notes.tmp").read_text() == "a user's file"

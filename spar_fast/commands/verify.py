@@ -29,7 +29,8 @@ def run(args) -> int:
     print(f"{r['path']}: {r['state']}; {r['chunks']} chunks, {r['records']} targets, "
           f"{r['skipped']} skipped images, {r['bytes'] / 2**20:.1f} MiB")
     for label, items in (("error", r["errors"]), ("source", r["sources"]),
-                         ("missing", r["missing_chunks"]), ("interrupted file", r["incomplete_files"])):
+                         ("missing", r["missing_chunks"]), ("interrupted file", r["incomplete_files"]),
+                         ("not the store's (kept)", r.get("foreign_files", []))):
         for item in items[:_SHOW]:
             print(f"  {label}: {item}")
         if len(items) > _SHOW:

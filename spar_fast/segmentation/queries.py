@@ -158,11 +158,10 @@ def cache_key(bb, lines: list[str]) -> str | None:
 def _cached(path: Path, count: int) -> torch.Tensor | None:
     """The cached queries ``[count, D]`` of ``path``; ``None`` (recomputed and rewritten) for a
     file that is damaged, expands beyond its size or holds anything else."""
-    from ..backbones.weights import check_expansion
+    from ..backbones.weights import torch_load
 
     try:
-        check_expansion(str(path))
-        queries = torch.load(path, map_location="cpu", weights_only=True)
+        queries = torch_load(str(path))
     except Exception:  # noqa: BLE001 - any damage: the cache is rebuilt
         return None
     if (not isinstance(queries, torch.Tensor) or queries.dim() != 2 or queries.shape[0] != count

@@ -54,6 +54,8 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
         {"path", "state" (a key of EXIT_CODES), "ok" (no corruption), "complete" (state is
          "complete"), "chunks", "records", "skipped", "bytes", "errors": [str],
          "missing_chunks": [name], "incomplete_files": [name], "sources": [str],
+         "foreign_files": [name] (files in shards/ that are no chunk of the manifest: left as
+         they are, not damage),
          "repairable": bool (False: store.json or the manifest is damaged; a rerun of
          ``features`` refuses such a store, it must be recreated)}
 
@@ -65,7 +67,7 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
     shard_dir = os.path.join(path, SHARD_DIR)
     report = {"path": path, "state": "not a store", "ok": False, "complete": False, "chunks": 0,
               "records": 0, "skipped": 0, "bytes": 0, "errors": [], "missing_chunks": [],
-              "incomplete_files": [], "sources": [], "repairable": True}
+              "incomplete_files": [], "sources": [], "foreign_files": [], "repairable": True}
     if not os.path.isdir(path):
         report["errors"].append("no such folder")
         return report
@@ -116,8 +118,8 @@ def verify(path: str | os.PathLike, check_sources: bool = True) -> dict:
         stem = name.split(".", 1)[0]
         if is_own_temp(name, SHARD_FILES) or (stem in report["missing_chunks"] and name.endswith(".safetensors")):
             report["incomplete_files"].append(name)
-        elif stem not in known:
-            report["errors"].append(f"{name}: not a chunk of this store's manifest")
+        elif stem not in known:  # not the store's: reported, never counted as damage
+            report["foreign_files"].append(name)
     report["ok"] = not report["errors"]
     if not report["ok"]:
         report["state"] = "corrupt"

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write, atomic_write_with, remove_temp_files
-from ..backbones.weights import load_weights, save_weights  # noqa: F401  (re-exported for callers)
+from ..backbones.weights import load_weights, save_weights, torch_load  # noqa: F401  (re-exported)
 from ..errors import UserError
 from ..jsonfile import Fields, MalformedFile, plain_name, read_json_file
 from ..lock import exclusive_lock
@@ -222,7 +222,7 @@ def _load_legacy_state(run_dir: str) -> dict:
     arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.zeros(1).__reduce__()[0]]
     try:
         with torch.serialization.safe_globals(arrays):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load(path)
         weights = os.path.join(run_dir, os.path.basename(state["weights"]))
     except Exception as exc:  # refused global (possible code), truncated file, wrong content
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
