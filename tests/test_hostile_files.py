@@ -86,6 +86,29 @@ def test_metrics_log_survives_junk_lines(tmp_path):
     assert [r["step"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))] == [1]
 
 
+# ---- other run JSON: the world-paper evaluation cache (one line) and the demo report (recomputed)
+RUN_JSON = [
+    ("deep_nesting", DEEP),
+    ("list", "[1, 2]"),
+    ("entry_number", '{"a": 3}'),
+    ("duplicate_key", '{"a": {}, "a": {}}'),
+    ("binary", "\x00\x01"),
+]
+
+
+@pytest.mark.parametrize("text", [t for _, t in RUN_JSON], ids=[n for n, _ in RUN_JSON])
+def test_run_json(tmp_path, text):
+    from spar_fast.jobs.demo import SETTINGS, _finished_report
+    from spar_fast.jobs.world_paper import _Evals
+
+    (tmp_path / "evals.json").write_text(text)
+    with pytest.raises(UserError) as info:
+        _Evals(str(tmp_path / "evals.json"))
+    _one_line(info)
+    (tmp_path / "report.json").write_text(text)
+    assert _finished_report(str(tmp_path), SETTINGS["tiny"], "random:0", "random:1") is None
+
+
 # ---- files a user's folder shares with the tool's: only recorded files go
 def test_train_out_keeps_files_it_did_not_create(tmp_path):
     foreign = ["weights-best.safetensors", "state-notes.safetensors", "weights-00000001.safetensors",
