@@ -5,8 +5,9 @@ Every JSON file kind (``store.json``, ``manifest.json``, a chunk index, ``traine
 field through :class:`Fields`, so a malformed file ends as one line (:class:`MalformedFile`, a
 ``UserError``) naming the file and the field, never as a traceback:
 
-* size at most ``MAX_BYTES``; nesting at most ``MAX_DEPTH`` (checked while parsing, so no
-  ``RecursionError`` can come out of the parser or of code walking the result); duplicate keys,
+* size at most ``MAX_BYTES``; nesting at most ``MAX_DEPTH`` (the parser's ``RecursionError``
+  is caught, then an iterative walk checks the depth, so no code walking the result recurses
+  deeper); duplicate keys,
   ``NaN`` / ``Infinity`` refused;
 * types exact (``bool`` is not an integer, a string is not a list), integers within bounds;
 * :func:`plain_name`: a name read from a file that becomes part of a path is one plain path
@@ -44,28 +45,36 @@ def _no_duplicates(pairs):
     return out
 
 
-def _depth_ok(data: bytes) -> int:
-    """The deepest nesting of ``[`` / ``{`` outside strings (an O(n) byte scan, no recursion)."""
-    stripped = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", data)
-    depth = deepest = 0
-    for m in re.finditer(rb"[\[\]{}]", stripped):
-        depth += 1 if m.group() in (b"[", b"{") else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_DEPTH:
-            break
-    return deepest
+def _too_deep(obj) -> bool:
+    """True when ``obj`` nests lists / objects deeper than ``MAX_DEPTH`` (an iterative walk)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def parse_json(data: bytes, where: str):
     """The parsed JSON of ``data``; :class:`MalformedFile` naming ``where`` when it is not
     strict JSON, nests deeper than ``MAX_DEPTH`` or repeats a key."""
-    if _depth_ok(data) > MAX_DEPTH:
-        raise MalformedFile(f"{where}: malformed JSON (nested deeper than {MAX_DEPTH})")
-    try:
-        return json.loads(data, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+    try:  # the C parser raises RecursionError (caught) past the interpreter's depth limit
+        obj = json.loads(data, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        obj = None
+        deep = True
+    except (ValueError, UnicodeDecodeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise MalformedFile(f"{where}: malformed JSON ({first})") from None
+    else:
+        deep = _too_deep(obj)
+    if deep:
+        raise MalformedFile(f"{where}: malformed JSON (nested deeper than {MAX_DEPTH})")
+    return obj
 
 
 def read_json_file(path: str, what: str = "JSON file"):
