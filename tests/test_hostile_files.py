@@ -254,7 +254,7 @@ WEIGHTS = [  # (name, suffix, make, what the line says)
     ("zip_bomb", ".pt", _zip_bomb, "before inflating"),
     ("nan_pt", ".pt", lambda p: torch.save({"weight": torch.full((2, 3), float("nan")),
                                             "bias": torch.zeros(2)}, p), "NaN"),
-    ("text", ".pt", lambda p: p.write_text("not weights"), ""),
+    ("text", ".pt", lambda p: p.write_text("not weights"), "checkpoint|refuses"),
 ]
 
 
