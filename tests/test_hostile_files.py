@@ -392,3 +392,35 @@ def test_library_warnings_are_one_line(tmp_path, monkeypatch, capsys):
     assert err == ["spar-fast verify: warning: torch says something on three lines",
                    "spar-fast verify: warning: Image size exceeds limit",
                    "spar-fast verify: error: done"]
+
+
+# ---- every command's output is checked before any model is loaded: one line, exit 2
+CLI_OUTPUTS = [  # (command line before the output, output option, suffix)
+    ("segment", ["segment", "{img}", "--classes", "a;b", "--backbone", "siglip2-tiny", "--weights", "random"], "-o", ".png"),
+    ("segment_mask", ["segment", "{img}", "--classes", "a;b", "-o", "{dir}/o.png", "--backbone", "siglip2-tiny",
+                      "--weights", "random"], "--save-mask", ".png"),
+    ("embed", ["embed", "{img}", "--backbone", "siglip2-tiny", "--weights", "random"], "-o", ".npy"),
+    ("pca", ["pca", "{img}", "--backbone", "siglip2-tiny", "--weights", "random"], "-o", ".png"),
+    ("queries", ["queries", "--dataset", "voc20", "--backbone", "siglip2-tiny", "--weights", "random"], "-o",
+     ".safetensors"),
+    ("eval", ["eval", "--dataset", "folder", "--root", "{dir}", "--backbone", "siglip2-tiny", "--weights", "random"],
+     "--out", ".json"),
+]
+BAD_OUTPUTS = [("name_too_long", lambda d, s: str(d / ("x" * 300 + s)), "too long"),
+               ("folder_missing", lambda d, s: str(d / "nowhere" / f"o{s}"), "does not exist")]
+
+
+@pytest.mark.parametrize("bad,says", [(b, s) for _, b, s in BAD_OUTPUTS], ids=[n for n, _, _ in BAD_OUTPUTS])
+@pytest.mark.parametrize("argv,option,suffix", [c[1:] for c in CLI_OUTPUTS], ids=[c[0] for c in CLI_OUTPUTS])
+def test_cli_output_checked_before_work(tmp_path, capsys, monkeypatch, argv, option, suffix, bad, says):
+    from spar_fast.backbones import Backbone
+    from spar_fast.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+    monkeypatch.setattr(Backbone, "from_pretrained", no_model)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "img.png")
+    args = [a.format(img=tmp_path / "img.png", dir=tmp_path) for a in argv] + [option, bad(tmp_path, suffix)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0]
