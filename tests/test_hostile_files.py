@@ -195,6 +195,32 @@ def test_split_list(tmp_path, make):
     _one_line(info)
 
 
+IMAGE_LISTS = [
+    ("binary", lambda p: p.write_bytes(b"\x00\xff\xfe binary")),
+    ("only_comments", lambda p: p.write_text("# nothing\n\n")),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in IMAGE_LISTS], ids=[n for n, _ in IMAGE_LISTS])
+def test_image_list(tmp_path, make):
+    from spar_fast.data.images import list_images
+
+    make(tmp_path / "list.txt")
+    with pytest.raises(UserError) as info:
+        list_images(tmp_path / "list.txt")
+    _one_line(info)
+
+
+def test_nul_in_a_listed_path_is_one_line():
+    from spar_fast.data.images import list_images, regular_file
+
+    with pytest.raises(UserError) as info:
+        list_images([("a", "x\0y.png")])
+    _one_line(info)
+    with pytest.raises(UserError):
+        regular_file("x\0y.png")
+
+
 # ---- label maps
 def _png_claiming(path, w, h, whole=False):
     """A small PNG whose header claims ``w`` x ``h`` (8-bit grey), with a tiny compressed body
