@@ -6,7 +6,13 @@ States (and the exit codes of ``spar-fast verify``, ``EXIT_CODES``): ``complete`
 with the manifest); ``not a store`` 2 (also the code of usage errors); ``unfinished`` 3 (chunks
 not written yet, leftovers of an interrupted write, or a store killed before its first chunk: a
 rerun of ``spar-fast features`` finishes it); ``sources changed`` 4 (the store is intact but
-source images are missing or changed since extraction, so their targets no longer match).
+source images are missing or changed since extraction, so their targets no longer match: a rerun
+recomputes the chunks of changed ones, missing ones must be restored).
+
+Chunks are checked by ``store.check.check_chunk``, the same check the features job uses to decide
+what to recompute, so everything reported as damage is repaired by the rerun it advises; a
+damaged ``store.json`` or manifest is reported with ``repairable`` False (recreate the store).
+Files in ``shards/`` that are no chunk of the manifest are listed, left alone, and not damage.
 """
 from __future__ import annotations
 
