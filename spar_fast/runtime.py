@@ -115,6 +115,9 @@ def check_output_file(path, suffixes: tuple[str, ...] = ()) -> str:
     parent = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(parent):
         raise UserError(f"output folder {parent} does not exist")
+    from .atomic import check_writable
+
+    check_writable(text)  # read-only folder, name too long, ...: said now, before any work
     return text
 
 

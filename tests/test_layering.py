@@ -27,7 +27,7 @@ LAYERS = (  # (layer, units): a unit is a package or a top-level module of spar_
     ("ops", ("spar_fast.ops",)),
     ("kernels", ("spar_fast.kernels",)),  # Triton sources in kernels/, loaded by the ops
     ("runtime", ("spar_fast.runtime", "spar_fast.errors", "spar_fast.atomic", "spar_fast.lock",
-                 "spar_fast.options", "spar_fast._backend")),
+                 "spar_fast.options", "spar_fast._backend", "spar_fast.jsonfile")),
 )
 STAGE_USES = {  # stage -> the stages it may import (each earlier in the pipeline)
     "spar_fast.data": (),

@@ -88,7 +88,7 @@ def test_store_config_round_trip():
     old = {k: v for k, v in STORE_JSON.items() if k != "weights"} | {"pretrained": True}
     assert StoreConfig.from_dict(old).extra == {"pretrained": True}
     assert StoreConfig.from_dict(old).to_dict() == dict(old, weights=None)
-    with pytest.raises(ValueError, match="missing stride"):
+    with pytest.raises(ValueError, match="missing field 'stride'"):
         StoreConfig.from_dict({k: v for k, v in STORE_JSON.items() if k != "stride"})
 
 

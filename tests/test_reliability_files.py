@@ -159,16 +159,21 @@ def test_damaged_run_files_are_one_line_errors(tmp_path, damage):
     _one_line(info)
 
 
-def test_run_lock_and_cleanup(tmp_path):
+def test_run_lock_and_cleanup(tmp_path, monkeypatch):
+    """Only what the state records as superseded goes, and the package's own temporaries; files
+    that merely look like checkpoints stay."""
     model = torch.nn.Linear(3, 2)
     run = str(tmp_path)
+    ckpt.save_checkpoint(run, model, {"global_step": 1})
+    monkeypatch.setattr(ckpt, "prune", lambda run_dir: None)  # killed after the commit
     ckpt.save_checkpoint(run, model, {"global_step": 3})
-    (tmp_path / "weights-00000001.safetensors").write_bytes(b"superseded")  # left by a kill
-    (tmp_path / "state-00000001.safetensors").write_bytes(b"superseded")
-    (tmp_path / "final.safetensors.abc.tmp").write_bytes(b"partial")
+    monkeypatch.undo()
+    (tmp_path / "weights-00000002.safetensors").write_bytes(b"not recorded")  # a user's copy
+    (tmp_path / "final.safetensors.abcd1234.tmp").write_bytes(b"partial")  # older version's temp
     with ckpt.run_lock(run):
         assert sorted(os.listdir(tmp_path)) == [".lock", "state-00000003.safetensors",
-                                                "trainer_state.json", "weights-00000003.safetensors"]
+                                                "trainer_state.json", "weights-00000002.safetensors",
+                                                "weights-00000003.safetensors"]
         with pytest.raises(UserError, match="another process is writing this training run"):
             with ckpt.run_lock(run):
                 pass

@@ -119,7 +119,9 @@ def test_verify_tells_states_apart(tmp_path, capsys):
     killed = tmp_path / "killed"  # a job killed before store.json existed
     (killed / "shards").mkdir(parents=True)
     (killed / ".lock").write_bytes(b"")
-    (killed / "store.json.abc123.tmp").write_text("{")
+    (killed / ".spar_fast~abcd1234.tmp").mkdir()  # a write killed while staging store.json
+    (killed / ".spar_fast~abcd1234.tmp" / "out").write_text("{")
+    (killed / "store.json.abc1234x.tmp").write_text("{")  # ... or by an older version
     code, out = _verify_cli(killed, capsys)
     assert code == 3 and "unfinished" in out.out
     images = make_images(tmp_path / "img", bad=False)
@@ -131,9 +133,13 @@ def test_verify_tells_states_apart(tmp_path, capsys):
 
 
 def test_stale_temp_files_removed_on_resume(built):
+    """Only the package's own temporaries go: its private folders and older versions' temporary
+    files of the names it writes; a user's *.tmp / .tmpXXXXXX files stay (test_hostile_files.py)."""
     images, store, clean = built
-    (store / "shards" / "r000-000001.safetensors.x1y2.tmp").write_bytes(b"partial")
-    (store / "manifest.json.q.tmp").write_bytes(b"partial")
+    (store / "shards" / ".spar_fast~x1y2z3w4.tmp").mkdir()
+    (store / "shards" / ".spar_fast~x1y2z3w4.tmp" / "out").write_bytes(b"partial")
+    (store / "shards" / "r000-000001.safetensors.x1y2z3w4.tmp").write_bytes(b"partial")
+    (store / "manifest.json.q1w2e3r4.tmp").write_bytes(b"partial")
     run_job(images, store)
     assert store_files(store) == store_files(clean)
 

@@ -60,3 +60,20 @@ def test_out_is_a_file(tiny_store, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     code, err = _train(tiny_store, tmp_path / "f", capsys)
     assert code == 2 and "is a file; a folder is needed" in err
+
+
+def test_summary_written_on_resume_and_user_files_kept(tiny_store, tmp_path, capsys):
+    """Killed between the final weights and summary.json: the rerun writes the summary without
+    training again; a user's files in --out (look-alike names included) are never removed."""
+    run = tmp_path / "run"
+    run.mkdir()
+    foreign = ["weights-best.safetensors", "state-x.safetensors", "notes.tmp", ".tmpAbC123"]
+    for name in foreign:
+        (run / name).write_text("a user's file")
+    assert _train(tiny_store, run, capsys)[0] == 0
+    final = (run / "final.safetensors").read_bytes()
+    (run / "summary.json").unlink()
+    code, err = _train(tiny_store, run, capsys)
+    assert code == 0 and (run / "summary.json").exists()
+    assert (run / "final.safetensors").read_bytes() == final
+    assert all((run / n).read_text() == "a user's file" for n in foreign)

@@ -185,14 +185,16 @@ def build_dinov3txt(name: str, weights=None, trusted: bool = False) -> DinoTxt:
     """A :class:`DinoTxt` of config ``name``. ``weights``: a ``spar_fast.runtime.Weights`` (random
     with its seed, or a file holding the full state dict; ``hub``: one-line UserError), or None
     for a random initialization from the global RNG."""
-    from .weights import load_state_dict_strict, read_state_dict
+    from .weights import check_finite, load_state_dict_strict, read_state_dict
 
     config = DinoTxtConfig.load(name)
     if weights is not None and weights.kind == "hub":
         raise UserError(HUB_MESSAGE)
     if weights is not None and weights.kind == "file":
         model = _uninitialized(config)
-        load_state_dict_strict(model, read_state_dict(weights.path, trusted=trusted), weights.path)
+        state = read_state_dict(weights.path, trusted=trusted)
+        check_finite(state, weights.path)
+        load_state_dict_strict(model, state, weights.path)
         return model.eval()
     log.warning("backbone %s: random initialization (no pretrained weights)", name)
     with torch.random.fork_rng(devices=[], enabled=weights is not None):

@@ -41,15 +41,58 @@ def read_state_dict(path: str, trusted: bool = False) -> dict[str, torch.Tensor]
         try:
             return load_file(path, device="cpu")
         except Exception as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc})") from exc
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"{path}: not a readable safetensors file ({first})") from None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted)
+        ckpt = torch_load(path, weights_only=not trusted)
+    except UserError:
+        raise
     except pickle.UnpicklingError as exc:
         raise UserError(f"{path}: holds Python objects besides tensors that torch.load(weights_only=True) "
                         "refuses; if you trust the file, load it with trusted=True") from exc
     except Exception as exc:
         raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
     return extract_state_dict(ckpt, path)
+
+
+MAX_EXPANSION = 2  # a torch zip stores tensors uncompressed: its content is about its file size
+
+
+def check_expansion(path: str) -> None:
+    """Refuse (one line), before anything is inflated, a ``torch.save`` zip whose entries
+    together claim more than ``MAX_EXPANSION`` times the file's size (+1 MiB): a small file
+    that would expand hugely. Files that are not zips (legacy pickles) hold their data as is."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            claimed = sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({exc.__class__.__name__})") from None
+    if claimed > MAX_EXPANSION * size + (1 << 20):
+        raise UserError(f"{path}: its {size} bytes claim {claimed} bytes of content; refused "
+                        "before inflating it")
+
+
+def torch_load(path: str, weights_only: bool = True):
+    """``torch.load`` on the CPU after :func:`check_expansion`, without torch's note about the
+    pickle protocol (it says nothing a user can act on, and would break the one-line rule)."""
+    import warnings
+
+    check_expansion(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """One-line ``UserError`` naming the first floating tensor with NaN or infinite values."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{source}: tensor {name} holds NaN or infinite values; refused")
 
 
 def extract_state_dict(ckpt, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -94,13 +137,15 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 def load_weights(model: nn.Module, path: str, trusted: bool = False) -> nn.Module:
     """Load the checkpoint at ``path`` (any accepted format) into the open_clip ``model`` strictly;
     a delta file (:mod:`spar_fast.backbones.delta`) is applied over ``model``, which must hold
-    its base (checked)."""
+    its base (checked). Non-finite tensors are refused."""
     from .delta import apply_delta, read_delta_metadata
 
     meta = read_delta_metadata(path)
     if meta is not None:
         return apply_delta(model, path, meta=meta)
-    load_state_dict_strict(model, read_state_dict(path, trusted=trusted), os.fspath(path))
+    state = read_state_dict(path, trusted=trusted)
+    check_finite(state, os.fspath(path))
+    load_state_dict_strict(model, state, os.fspath(path))
     return model
 
 

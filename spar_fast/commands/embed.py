@@ -29,13 +29,19 @@ def run(args) -> int:
     bb = load_model(args)
     x = model_input(image, bb, resize=None if args.no_resize else "test")
     feats = dense_features(bb, x, "auto").float().cpu().contiguous()
+    from ..atomic import atomic_write_with
     if args.output.lower().endswith(".npy"):
-        np.save(args.output, feats.numpy())
+        def write(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
+                np.save(f, feats.numpy())
     else:
         from safetensors.torch import save_file
-        save_file({"features": feats}, args.output,
-                  metadata={"backbone": bb.name or "", "weights": bb.weights_id, "image": args.image,
-                            "input_hw": f"{x.shape[1]}x{x.shape[2]}",
-                            **({"max_patches": str(bb.max_patches or "image")} if bb.family == "naflex" else {})})
+        meta = {"backbone": str(bb.name or args.backbone), "weights": str(bb.weights_id), "image": str(args.image),
+                "input_hw": f"{x.shape[1]}x{x.shape[2]}",
+                **({"max_patches": str(bb.max_patches or "image")} if bb.family == "naflex" else {})}
+
+        def write(tmp):
+            save_file({"features": feats}, tmp, metadata=meta)
+    atomic_write_with(args.output, write)
     print(f"wrote {args.output}: features {tuple(feats.shape)}")
     return 0

@@ -1,6 +1,8 @@
 """``spar-fast eval``: mIoU of a backbone on the open-vocabulary segmentation benchmarks."""
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
 from ..evaluation.datasets import BENCHMARKS, DATASETS
 
@@ -112,10 +114,25 @@ def run(args) -> int:
         summary["max_patches"] = "image" if bb.max_patches is None else bb.max_patches
     _print_table(results, summary.get("Mean6"))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        print(f"wrote {args.out}")
+        _write_results(args.out, (json.dumps(summary, indent=2) + "\n").encode())
     return 0
+
+
+def _write_results(path: str, data: bytes) -> None:
+    """Write the results to ``path``; if that fails after the evaluation ran, keep them in a new
+    file of the system's temporary folder and say where, in the one-line error."""
+    import tempfile
+
+    from ..atomic import atomic_write
+
+    try:
+        atomic_write(path, data)
+    except UserError as exc:
+        fd, kept = tempfile.mkstemp(prefix="spar_fast-eval-", suffix=".json")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        raise UserError(f"{exc}; the results were written to {kept} instead") from None
+    print(f"wrote {path}")
 
 
 def _print_table(results, mean6) -> None:

@@ -56,7 +56,8 @@ def run(args) -> int:
                      prob_thd=args.prob_thd, area_thd=args.area_thd, out_hw=image.shape[:2],
                      stride=args.stride, cache_dir=default_cache_dir(), queries=queries,
                      refine=args.refine, lposs=lposs_from_args(args)).cpu().numpy()
-    overlay(image, labels, lines).save(args.output)
+    from ..atomic import save_image
+    save_image(overlay(image, labels, lines), args.output)
     if args.save_mask:
         save_mask(labels, len(lines), args.save_mask)
     print(f"wrote {args.output}" + (f" and {args.save_mask}" if args.save_mask else ""))

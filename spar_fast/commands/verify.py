@@ -29,13 +29,20 @@ def run(args) -> int:
     print(f"{r['path']}: {r['state']}; {r['chunks']} chunks, {r['records']} targets, "
           f"{r['skipped']} skipped images, {r['bytes'] / 2**20:.1f} MiB")
     for label, items in (("error", r["errors"]), ("source", r["sources"]),
-                         ("missing", r["missing_chunks"]), ("interrupted file", r["incomplete_files"])):
+                         ("missing", r["missing_chunks"]), ("interrupted file", r["incomplete_files"]),
+                         ("not the store's (kept)", r.get("foreign_files", []))):
         for item in items[:_SHOW]:
             print(f"  {label}: {item}")
         if len(items) > _SHOW:
             print(f"  ... {len(items) - _SHOW} more ({label})")
     if r["state"] == "unfinished":
         print("  rerun `spar-fast features` with the same options to finish the store")
+    elif not r["repairable"]:
+        print("  its store.json or manifest is damaged: recreate the store with `spar-fast features` "
+              "in a new folder")
+    elif r["state"] == "sources changed":
+        print("  rerun `spar-fast features` with the same options to recompute the targets of "
+              "changed sources; restore missing ones")
     elif r["state"] != "complete":
         print("  rerun `spar-fast features` with the same options to recompute what is damaged")
     return EXIT_CODES[r["state"]]

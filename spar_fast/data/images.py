@@ -82,6 +82,8 @@ def regular_file(path: str) -> os.stat_result:
     Never opens the file, so a FIFO or a device cannot block or stream forever."""
     try:
         st = os.stat(path)
+    except ValueError:  # a NUL byte in the name
+        raise ImageLoadError(f"{printable_id(str(path))}: not a valid file name") from None
     except OSError as exc:
         reason = "file not found" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc.strerror})"
         raise ImageLoadError(f"{path}: {reason}") from None
@@ -326,6 +328,9 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
                 continue
             written = printable_id(Path(os.path.normpath(path)).as_posix())
             image_id, full_id = _strip_ext(written), written
+        if "\0" in path or "\0" in image_id or not image_id:
+            raise UserError(f"image list entry {printable_id(str(entry))[:80]!r}: an empty id or a NUL "
+                            "byte in a path or id")
         if base is not None and not os.path.isabs(path):
             path = os.path.join(base, path)
         pairs.append((image_id, full_id, path))
@@ -337,8 +342,11 @@ def _from_entries(entries: Iterable, base: Path | None) -> list[ImageItem]:
 def _read_list_file(path: Path) -> list:
     """One image per line: ``path`` or ``path<TAB>id``; blank lines and ``#`` comments skipped."""
     entries = []
+    data = path.read_bytes()
+    if b"\0" in data:  # no path holds a NUL byte
+        raise UserError(f"image list {path} is a binary file, not one path per line")
     # undecodable bytes stay as os.fsdecode spells them, so such paths still open
-    for line in path.read_bytes().decode("utf-8", "surrogateescape").splitlines():
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -113,9 +113,16 @@ def find_dataset_dir(spec: DatasetSpec, root) -> Path:
 
 
 def _split_ids(path: Path) -> list[str]:
-    ids = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    """The ids of a split list; each becomes part of a path inside the dataset folder, so an
+    absolute id or one with a ``..`` component is refused."""
+    from ..jsonfile import read_text
+
+    ids = [ln.strip() for ln in read_text(path, "split file").split("\n") if ln.strip()]
     if not ids:
         raise UserError(f"split file {path} lists no images")
+    for i in ids:
+        if i.startswith(("/", "\\")) or ".." in i.replace("\\", "/").split("/"):
+            raise UserError(f"split file {path}: id {i[:60]!r} points outside the dataset folder")
     return ids
 
 
@@ -187,13 +194,18 @@ def list_samples(name: str, root, split: str = "val") -> list[Sample]:
 
 def load_label(path: str, reduce_zero_label: bool) -> np.ndarray:
     """Label PNG -> ``uint8 [H, W]`` class indices (255 = ignore), reduced if asked."""
+    from ..data.images import DEFAULT_MAX_PIXELS, check_image_size, regular_file
+
     try:
+        regular_file(path)
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise UserError(f"label {path} has mode {img.mode}; expected a single-channel PNG")
+            # the header's size, before any pixel is decoded: a 20000x20000 claim is refused here
+            check_image_size(img.size[::-1], DEFAULT_MAX_PIXELS, what=f"label {path}")
             label = np.array(img)
-    except (OSError, SyntaxError) as exc:
-        raise UserError(f"cannot read label {path}: {exc}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot read label {path}: {str(exc)[:160]}") from None
     if label.dtype != np.uint8:
         if label.max() > 255 or label.min() < 0:
             raise UserError(f"label {path} has values outside 0..255")

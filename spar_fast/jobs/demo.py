@@ -180,11 +180,14 @@ def _finished_report(out_dir: str, settings: DemoSettings, weights: str, student
     """The report of an earlier run of the same settings whose student is the same file, or None."""
     from ..runtime import Weights
 
+    from ..jsonfile import read_json_file
+
     try:
-        with open(os.path.join(out_dir, REPORT)) as f:
-            report = json.load(f)
+        report = read_json_file(os.path.join(out_dir, REPORT), "demo report")
     except (OSError, ValueError):
         return None
+    if not isinstance(report, dict) or not isinstance(report.get("figure", ""), str):
+        return None  # recomputed
     same = (report.get("settings") == json.loads(json.dumps(asdict(settings)))
             and report.get("weights") == weights and report.get("student_id") == Weights.parse(student).identity()
             and os.path.exists(report.get("figure", "")))

@@ -32,8 +32,10 @@ from ..data.members import parse_member
 from ..errors import UserError
 from ..lock import exclusive_lock
 from ..runtime import Weights, resolve_device
-from ..store.codec import StoredTarget, encode_target, stored_tensors
-from ..store.layout import DTYPES, SHARD_DIR, chunk_done, source_digest, target_digest
+from ..store.check import check_chunk
+from ..store.codec import StoredTarget, encode_target, stored_tensors, tensor_key
+from ..store.layout import DTYPES, SHARD_DIR, source_digest, target_digest
+from ..store.verify import SHARD_FILES, STORE_FILES
 from ..store.records import Chunk, StoreConfig, StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
@@ -161,7 +163,8 @@ def _compute_chunk(chunk: Chunk, config: StoreConfig, teacher_fn, device, worker
         if rec.ok:
             stored = _target(teacher_fn, prepared, config, device)
             rec = replace(rec, grid_hw=tuple(stored.data.shape[:2]), channels=int(stored.data.shape[2]),
-                          dtype=config.dtype, shard=shard, key=rec.image_id, checksum=target_digest(stored))
+                          dtype=config.dtype, shard=shard, key=tensor_key(rec.image_id, rec.index),
+                          checksum=target_digest(stored))
             tensors.update(stored_tensors(rec.key, stored))
         records.append(rec)
         if bar is not None:
@@ -264,7 +267,7 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hu
                                  opts.progress and rank == 0)
             parts = gather_summaries(counts, world)
             if rank == 0:
-                remove_temp_files(shard_dir)
+                remove_temp_files(shard_dir, SHARD_FILES)
     finally:
         if created:
             dist.destroy_process_group()
@@ -283,8 +286,8 @@ def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -
     if rank == 0:
         try:
             stack.enter_context(exclusive_lock(path, "feature store"))
-            for folder in (path, os.path.join(path, SHARD_DIR)):
-                remove_temp_files(folder)
+            remove_temp_files(path, STORE_FILES)
+            remove_temp_files(os.path.join(path, SHARD_DIR), SHARD_FILES)
             upgrade_if_format_1(path)
         except UserError as exc:
             failure = exc
@@ -293,10 +296,12 @@ def _lock_store(stack: contextlib.ExitStack, path: str, rank: int, world: int) -
 
 
 def _run_chunks(chunks, shard_dir, config, teacher_fn, device, workers, max_pixels, progress) -> dict:
-    """Compute every chunk of ``chunks`` that is not done; this process's counts."""
-    done = {c.name: chunk_done(shard_dir, c.name, c.ids) for c in chunks}
+    """Compute every chunk of ``chunks`` that is not done (``store.check.check_chunk``: the same
+    check as ``verify``, so whatever it reports as damaged or changed is recomputed here); this
+    process's counts. ``computed`` counts images whose target this run computed."""
+    checks = {c.name: check_chunk(shard_dir, c, config) for c in chunks}
     total = sum(len(c.items) for c in chunks)
-    resumed = sum(len(c.items) for c in chunks if done[c.name] is not None)
+    resumed = sum(len(c.items) for c in chunks if checks[c.name].done)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -305,14 +310,14 @@ def _run_chunks(chunks, shard_dir, config, teacher_fn, device, workers, max_pixe
     skipped = []
     with torch.inference_mode():
         for chunk in chunks:
-            index = done[chunk.name]
-            if index is not None:
-                records = [StoreRecord.from_dict(r) for r in index["records"]]
+            check = checks[chunk.name]
+            if check.done:
+                records = list(check.index.records)
             else:
                 records, tensors = _compute_chunk(chunk, config, teacher_fn, device, workers,
                                                   max_pixels, bar)
                 write_chunk(shard_dir, chunk.name, records, tensors)
-                computed += len(tensors)
+                computed += sum(r.ok for r in records)
             ok += sum(r.ok for r in records)
             skipped += [(r.index, r.image_id, r.reason) for r in records if not r.ok]
     if bar is not None:

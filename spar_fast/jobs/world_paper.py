@@ -57,9 +57,14 @@ class _Evals:
     def __init__(self, path: str):
         self.path = path
         self.done = {}
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                self.done = json.load(f)
+        if os.path.lexists(path):  # a damaged cache is one line (it can be deleted to recompute)
+            from ..jsonfile import Fields, MalformedFile, read_json_file
+
+            f = Fields(read_json_file(path, "evaluation cache"), path)
+            if not all(isinstance(v, dict) for v in f.obj.values()):
+                raise MalformedFile(f"{path}: every entry must be a JSON object; delete the file "
+                                    "to evaluate again")
+            self.done = f.obj
 
     def get(self, key: str, compute) -> dict:
         if key not in self.done:

@@ -53,7 +53,8 @@ def _load_state(model: torch.nn.Module, path: str) -> None:
         from safetensors.torch import load_file
         state = load_file(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from ..backbones.weights import torch_load
+        state = torch_load(path)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     missing, _ = model.load_state_dict(state, strict=False)

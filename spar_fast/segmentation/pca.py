@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..atomic import save_image
 from ..errors import UserError
 
 # Height in pixels of the caption strip above each row of panels (PIL's default bitmap font is
@@ -58,4 +59,4 @@ def save_panels(rows, titles, path: str) -> None:
                 tile = tile.resize((w, h), Image.NEAREST)
             sheet.paste(tile, (c * w, top + TITLE_PX))
             draw.text((c * w + 3, top + 2), name, fill="black")
-    sheet.save(path)
+    save_image(sheet, path)

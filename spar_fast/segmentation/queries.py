@@ -78,8 +78,9 @@ def read_class_file(path) -> list[str]:
     shift the class indices)."""
     if not os.path.isfile(path):
         raise UserError(f"class file not found: {os.fspath(path)}")
-    with open(path, encoding="utf-8") as f:  # universal newlines, like the reference's readlines
-        lines = f.read().split("\n")
+    from ..jsonfile import read_text
+
+    lines = read_text(path, "class file").split("\n")  # universal newlines, like the reference
     while lines and not lines[-1].strip():
         lines.pop()
     for i, line in enumerate(lines):
@@ -154,6 +155,21 @@ def cache_key(bb, lines: list[str]) -> str | None:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:32]
 
 
+def _cached(path: Path, count: int) -> torch.Tensor | None:
+    """The cached queries ``[count, D]`` of ``path``; ``None`` (recomputed and rewritten) for a
+    file that is damaged, expands beyond its size or holds anything else."""
+    from ..backbones.weights import torch_load
+
+    try:
+        queries = torch_load(str(path))
+    except Exception:  # noqa: BLE001 - any damage: the cache is rebuilt
+        return None
+    if (not isinstance(queries, torch.Tensor) or queries.dim() != 2 or queries.shape[0] != count
+            or not queries.is_floating_point() or not bool(torch.isfinite(queries).all())):
+        return None
+    return queries
+
+
 def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None = None,
                  tokenizer=None, progress: bool | None = None):
     """Queries of ``classes`` for backbone ``bb``.
@@ -176,9 +192,7 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
         path = Path(cache_dir) / f"{key_hash}.pt" if key_hash is not None else None
         queries = None
         if path is not None and path.is_file():
-            queries = torch.load(path, map_location="cpu", weights_only=True)
-            if queries.shape[0] != len(names):
-                queries = None
+            queries = _cached(path, len(names))
         if queries is None:
             queries = embed_names(bb.encode_text, names, progress).cpu()
             if path is not None:

@@ -15,6 +15,7 @@ import torch
 
 from ..atomic import atomic_write_with
 from ..errors import UserError
+from ..jsonfile import parse_json
 from .queries import TEMPLATES_SHA256, parse_classes, text_queries
 
 FORMAT = "spar_fast.queries/1"
@@ -74,15 +75,19 @@ def load_query_set(path) -> QuerySet:
             if meta.get("format") != FORMAT:
                 raise UserError(f"{where} is not a spar_fast query file (made by `spar-fast queries`)")
             queries, q2c = f.get_tensor("queries"), f.get_tensor("query_to_class")
-        lines = tuple(json.loads(meta["classes"]))
+        lines = parse_json(meta["classes"].encode(), f"{where}: metadata 'classes'")
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise UserError(f"{where}: metadata 'classes' is not a list of class lines")
+        lines = tuple(lines)
         qs = QuerySet(queries.float(), q2c.long(), lines, meta["backbone"], meta["weights_id"],
                       meta["tokenizer"], meta["templates_sha256"])
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"cannot read query file {where} ({exc.__class__.__name__})") from exc
-    num_q = qs.queries.shape[0]
+    num_q = qs.queries.shape[0] if qs.queries.dim() else 0
     if (qs.queries.dim() != 2 or qs.query_to_class.shape != (num_q,) or num_q == 0
+            or not bool(torch.isfinite(qs.queries).all())
             or sorted(set(qs.query_to_class.tolist())) != list(range(len(lines)))):
         raise UserError(f"query file {where} is inconsistent: {tuple(qs.queries.shape)} queries, "
                         f"{len(lines)} class lines")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import save_image
 from .classes import display_name
 
 # Overlay opacity of the class colors over the photo.
@@ -61,5 +62,5 @@ def mask_image(labels: np.ndarray, num_classes: int) -> Image.Image:
 
 
 def save_mask(labels: np.ndarray, num_classes: int, path: str) -> None:
-    """Label indices as a PNG (:func:`mask_image`)."""
-    mask_image(labels, num_classes).save(path)
+    """Label indices as a PNG (:func:`mask_image`), written atomically."""
+    save_image(mask_image(labels, num_classes), path)

@@ -76,6 +76,17 @@ def encode_target(target: torch.Tensor, dtype: str) -> StoredTarget:
     return StoredTarget((t / scale).to(torch.float8_e4m3fn).contiguous(), scale.contiguous())
 
 
+def tensor_key(image_id: str, index: int) -> str:
+    """The shard entry name of an image's target: its id, or ``%<index>`` (unique, and never an
+    id kept as a key) when the id is safetensors' reserved ``__metadata__``, ends with
+    ``SCALE_SUFFIX`` (its scale entry could collide with another target), starts with ``%`` or
+    is empty."""
+    if (not image_id or image_id == "__metadata__" or image_id.endswith(SCALE_SUFFIX)
+            or image_id.startswith("%")):
+        return f"%{int(index)}"
+    return image_id
+
+
 def stored_tensors(key: str, stored: StoredTarget) -> dict[str, torch.Tensor]:
     """The shard entries of one target: ``{key: data}`` plus ``{key + SCALE_SUFFIX: scale}`` for fp8."""
     out = {key: stored.data}

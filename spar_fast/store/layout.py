@@ -9,9 +9,11 @@
     STORE/shards/r{rank:03d}-{chunk:06d}.safetensors   targets of one chunk, one tensor per image
     STORE/shards/r{rank:03d}-{chunk:06d}.json          the chunk's index (written last)
 
-A chunk is done exactly when its index parses, lists the manifest's ids for it and its shard file
-has the recorded size and checksum. Both files are written atomically (``spar_fast.atomic``),
-the shard first, the index last; so after any crash a chunk is complete or recomputed.
+A chunk is done exactly when ``store.check.check_chunk`` finds nothing wrong: its index parses
+against its schema, lists the manifest's images, its shard has the recorded size and checksum,
+every target its recorded shape, dtype and checksum, and no source changed since extraction.
+Both files are written atomically (``spar_fast.atomic``), the shard first, the index last; so
+after any crash a chunk is complete or recomputed.
 
 Index record (one per image, in chunk order)::
 
@@ -19,6 +21,11 @@ Index record (one per image, in chunk order)::
      "source_checksum", "status": "ok" | "skipped", "reason" (skipped only),
      "augment" (AugmentParams.to_dict()), "image_hw" [H, W] (augmented), "grid_hw" [h, w],
      "channels", "dtype", "shard", "key", "checksum" (of the stored tensor bytes)}
+
+``key``: the tensor's name in the shard, the image id itself unless that name is one the
+safetensors format reserves (``__metadata__``) or could collide with another entry (an id ending
+in ``.scale``, the fp8 scale suffix, or starting with ``%``); those get ``%<index>``
+(``codec.tensor_key``).
 
 Checksums are XXH3-128 (``xxhash``). Measured here (2 shared cores, 64 MiB of random bytes,
 median of 7): sha256 1.47 ms/MB (680 MB/s), blake2b 3.66 ms/MB, zlib.crc32 0.79 ms/MB, xxh3-128
@@ -29,7 +36,6 @@ whoever can rewrite a shard can rewrite its index.
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 
@@ -41,6 +47,9 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 CONFIG_NAME = "store.json"
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
+CHUNK_NAME = r"r[0-9]{3}-[0-9]{6}"  # the only chunk names (they become file names)
+SHARD_SUFFIX = ".safetensors"
+INDEX_SUFFIX = ".json"
 
 
 def chunk_name(rank: int, chunk: int) -> str:
@@ -99,25 +108,11 @@ def json_bytes(obj) -> bytes:
 
 
 def read_json(path: str):
-    """Parsed JSON, or ``None`` when the file is missing or unreadable."""
+    """Parsed JSON, or ``None`` when the file is missing, unreadable or malformed (for tests and
+    tools; the package reads each store file through its schema-checked reader)."""
+    from ..jsonfile import read_json_file
+
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        return read_json_file(path)
     except (OSError, ValueError):
         return None
-
-
-def chunk_done(shard_dir: str, name: str, expected_ids: list[str]) -> dict | None:
-    """The index of chunk ``name`` when the chunk is complete, lists ``expected_ids`` and its
-    shard file has the recorded size and checksum (so a damaged record is recomputed); else None."""
-    index = read_json(os.path.join(shard_dir, name + ".json"))
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        return None
-    if [r.get("image_id") for r in index.get("records", [])] != list(expected_ids):
-        return None
-    shard = os.path.join(shard_dir, name + ".safetensors")
-    if (index.get("shard") != name + ".safetensors" or not os.path.isfile(shard)
-            or os.path.getsize(shard) != index.get("shard_bytes")
-            or file_digest(shard) != index.get("shard_checksum")):
-        return None
-    return index

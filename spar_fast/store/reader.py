@@ -6,34 +6,20 @@ import os
 import torch
 
 from ..data.augment import apply_augment
-from ..data.images import printable_id, read_rgb, source_stat
+from ..data.images import printable_id, read_rgb
 from ..errors import UserError
+from ..jsonfile import MalformedFile, read_json_file
 from .codec import StoredTarget, read_stored_target
-from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, read_json, source_digest, target_digest
+from .index import MISSING_SOURCE, read_index, source_changed  # noqa: F401  (source_changed: re-exported)
+from .layout import CONFIG_NAME, DTYPES, FORMAT, SHARD_DIR, target_digest
 from .records import StoreConfig, StoreRecord, read_manifest
 
 _REPAIR = "rerun `spar-fast features` with the store's options to recompute it"
+_RECREATE = "recreate the store with `spar-fast features` in a new folder"
 
 
 class CorruptStoreError(UserError):
     """A target or index of a feature store does not match its checksum or its manifest."""
-
-
-def source_changed(rec: StoreRecord) -> str | None:
-    """Why the source image of ``rec`` no longer is the file its target was computed from, or
-    ``None``. Fast path: size and mtime as recorded; the checksum is read only when they differ."""
-    try:
-        size, mtime_ns = source_stat(rec.source)  # a tar member: its size, the archive's mtime
-    except UserError:
-        return "source image missing"
-    if size == rec.source_bytes and mtime_ns == rec.source_mtime_ns:
-        return None
-    try:
-        if size != rec.source_bytes or source_digest(rec.source) != rec.source_checksum:
-            return "source image changed since extraction"
-    except UserError:  # a tar member cut short since
-        return "source image changed since extraction"
-    return None
 
 
 class FeatureStore:
@@ -52,26 +38,33 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike, partial: bool = False, verify_reads: bool = True):
         self.path = os.fspath(path)
         self.verify_reads = verify_reads
-        raw = read_json(os.path.join(self.path, CONFIG_NAME))
+        try:
+            raw = read_json_file(os.path.join(self.path, CONFIG_NAME), CONFIG_NAME)
+        except (OSError, MalformedFile):
+            raw = None
         if not isinstance(raw, dict):
             raise UserError(f"{self.path}: not a feature store (missing or unreadable {CONFIG_NAME})")
-        if raw.get("format") != FORMAT:
-            raise UserError(f"{self.path}: feature store format {raw.get('format')!r}; "
+        manifest = os.path.lexists(os.path.join(self.path, "manifest.json"))
+        if raw.get("format") != FORMAT and not manifest:
+            raise UserError(f"{self.path}: feature store format {str(raw.get('format'))[:40]!r}; "
                             "rerun `spar-fast features` with its options once to upgrade it")
         try:
-            self.config = StoreConfig.from_dict(raw)
-        except ValueError as exc:
-            raise CorruptStoreError(f"{self.path}: malformed {CONFIG_NAME} ({exc}); {_REPAIR}") from None
-        chunks = read_manifest(self.path)
-        if chunks is None:
-            raise CorruptStoreError(f"{self.path}: unreadable manifest; {_REPAIR}")
+            self.config = StoreConfig.from_dict(raw, os.path.join(self.path, CONFIG_NAME))
+            if self.config.format != FORMAT:
+                raise MalformedFile(f"{CONFIG_NAME} says format {self.config.format!r} over a "
+                                    f"{FORMAT} store")
+            chunks = read_manifest(self.path)
+        except MalformedFile as exc:
+            raise CorruptStoreError(f"{self.path}: {exc}; {_RECREATE}") from None
         records, skipped, self.missing = [], [], []
+        shard_dir = os.path.join(self.path, SHARD_DIR)
         for chunk in chunks:
-            index = read_json(os.path.join(self.path, SHARD_DIR, chunk.name + ".json"))
-            if not isinstance(index, dict) or [r.get("image_id") for r in index.get("records", [])] != chunk.ids:
+            try:
+                index = read_index(shard_dir, chunk)
+            except (OSError, MalformedFile):
                 self.missing.append(chunk.name)
                 continue
-            for rec in map(StoreRecord.from_dict, index["records"]):
+            for rec in index.records:
                 (records if rec.ok else skipped).append(rec)
         wanted = sum(len(c.items) for c in chunks)
         if not wanted:
@@ -132,6 +125,8 @@ class FeatureStore:
         rec = self.record(image_id)
         problem = source_changed(rec) if check_source else None
         if problem:
-            raise UserError(f"{self.path}: {problem} for {image_id!r} ({printable_id(rec.source)}); "
-                            "re-extract it with `spar-fast features`")
+            advice = ("restore it" if problem == MISSING_SOURCE else
+                      "rerun `spar-fast features` with the store's options to recompute its target")
+            raise UserError(f"{self.path}: {problem} for {printable_id(image_id)!r} "
+                            f"({printable_id(rec.source)}); {advice}")
         return apply_augment(read_rgb(rec.source, max_pixels=None), rec.augment)

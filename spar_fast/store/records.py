@@ -8,9 +8,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple
 
 from ..atomic import atomic_write, create_exclusive
-from ..data.augment import AugmentParams
+from ..data.augment import VARIANTS, AugmentParams
 from ..data.decode import LEGACY_DECODE
-from .layout import CONFIG_NAME, FORMAT, MANIFEST_NAME, json_bytes, read_json
+from ..jsonfile import MAX_TEXT, Fields, MalformedFile, check_int, plain_name, read_json_file
+from .layout import CHUNK_NAME, CONFIG_NAME, DTYPES, FORMAT, MANIFEST_NAME, json_bytes
+
+MAX_ID = 4096  # longest image id
+MAX_INDEX = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,40 @@ class StoreRecord:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StoreRecord":
-        def pair(v):
-            return tuple(int(x) for x in v) if v is not None else None
-        augment = d.get("augment")
-        return cls(image_id=d["image_id"], index=int(d["index"]), source=d["source"],
-                   status=d["status"], source_checksum=d.get("source_checksum"),
-                   source_bytes=d.get("source_bytes"), source_mtime_ns=d.get("source_mtime_ns"),
-                   reason=d.get("reason"),
-                   augment=AugmentParams.from_dict(augment) if augment is not None else None,
-                   image_hw=pair(d.get("image_hw")), grid_hw=pair(d.get("grid_hw")),
-                   channels=d.get("channels"), dtype=d.get("dtype"), shard=d.get("shard"),
-                   key=d.get("key"), checksum=d.get("checksum"))
+    def from_dict(cls, d: dict, where: str = "record") -> "StoreRecord":
+        """From the JSON form, every field checked (type, range); one-line :class:`MalformedFile`
+        naming ``where`` and the field otherwise."""
+        f = Fields(d, where)
+        status = f.str("status", choices=("ok", "skipped"))
+        ok = status == "ok"
+        augment = f.child("augment", optional=not ok)
+        return cls(image_id=f.str("image_id", max_len=MAX_ID), index=f.int("index", 0, MAX_INDEX),
+                   source=f.str("source"), status=status,
+                   source_checksum=f.str("source_checksum", optional=True, max_len=64),
+                   source_bytes=f.int("source_bytes", 0, optional=True),
+                   source_mtime_ns=f.int("source_mtime_ns", None, optional=True),
+                   reason=f.str("reason", optional=ok),
+                   augment=None if augment is None else _augment_params(augment),
+                   image_hw=f.ints("image_hw", 2, 1, optional=not ok),
+                   grid_hw=f.ints("grid_hw", 2, 1, optional=not ok),
+                   channels=f.int("channels", 1, 1 << 20, optional=not ok),
+                   dtype=f.str("dtype", optional=not ok, choices=tuple(DTYPES)),
+                   shard=f.str("shard", optional=not ok, max_len=255),
+                   key=f.str("key", optional=not ok, max_len=MAX_ID + 16),
+                   checksum=f.str("checksum", optional=not ok, max_len=64))
+
+
+def _augment_params(f: Fields) -> AugmentParams:
+    """The record's augmentation, every field checked."""
+    crop = f.ints("crop", 4, 0, optional=True)
+    flip = f.obj.get("flip")
+    if not isinstance(flip, bool):
+        raise f.bad("flip", "true or false")
+    rho = f.num("rho", optional=True)
+    return AugmentParams(variant=f.str("variant", choices=VARIANTS), source_hw=f.ints("source_hw", 2),
+                         rho=rho, resize_hw=f.ints("resize_hw", 2),
+                         mode=f.str("mode", choices=("upscale", "full", "crop")), crop=crop,
+                         final_hw=f.ints("final_hw", 2), flip=flip)
 
 
 @dataclass(frozen=True)
@@ -116,33 +142,39 @@ class StoreConfig:
         return {**self.extra, **out}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StoreConfig":
-        """From the JSON form; ``ValueError`` naming a missing or malformed field."""
-        if not isinstance(d, dict):
-            raise ValueError(f"not a JSON object: {type(d).__name__}")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        missing = sorted(n for n in known - set(_OPTIONAL_CONFIG) - {"format", "weights"} if n not in d)
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        try:
-            values = {"weights": None, **{n: d[n] for n in known if n in d}}
-            values.update(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]))
-            for name in ("stride", "seed", "shard_size", "patch_size", "window", "feature_dim",
-                         "min_side", "multiple"):
-                values[name] = int(values[name])
-            if "augment_scale" in values:
-                values["augment_scale"] = float(values["augment_scale"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"malformed field ({exc})") from None
+    def from_dict(cls, d: dict, where: str = CONFIG_NAME) -> "StoreConfig":
+        """From the JSON form, every field checked (type, range); a one-line
+        :class:`MalformedFile` (also a ``ValueError``) naming a missing or malformed field."""
+        f = Fields(d, where)
+        known = {fl.name for fl in fields(cls)} - {"extra"}
+        values = dict(
+            backbone=f.str("backbone", optional=True), weights=f.str("weights", optional=True),
+            stride=f.int("stride", 1, 1 << 16), augment=f.str("augment", choices=VARIANTS),
+            dtype=f.str("dtype", choices=tuple(DTYPES)), seed=f.int("seed", 0),
+            shard_size=f.int("shard_size", 1, 1 << 20), patch_size=f.int("patch_size", 1, 1 << 12),
+            window=f.int("window", 1, 1 << 16), feature_dim=f.int("feature_dim", 1, 1 << 20),
+            mean=f.nums("mean", 3), std=f.nums("std", 3), min_side=f.int("min_side", 1, 1 << 20),
+            multiple=f.int("multiple", 1, 1 << 12),
+            decode=f.str("decode", optional=True) or LEGACY_DECODE,
+            decode_version=f.str("decode_version", optional=True),
+            format=f.str("format", optional=True) or FORMAT)
+        scale = f.num("augment_scale", optional=True)
+        if scale is not None:
+            if not 0 < scale <= 64:
+                raise f.bad("augment_scale", "a number in (0, 64]")
+            values["augment_scale"] = scale
         return cls(**values, extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod
     def read(cls, store_path: str) -> "StoreConfig | None":
-        """The ``store.json`` of ``store_path``; None when it is missing, unreadable or malformed."""
+        """The ``store.json`` of ``store_path``; None when it is missing; a one-line
+        :class:`MalformedFile` when it is unreadable or malformed."""
+        path = os.path.join(store_path, CONFIG_NAME)
         try:
-            return cls.from_dict(read_json(os.path.join(store_path, CONFIG_NAME)))
-        except ValueError:
+            doc = read_json_file(path, CONFIG_NAME)
+        except FileNotFoundError:
             return None
+        return cls.from_dict(doc, path)
 
     def write_once(self, store_path: str) -> None:
         """Create ``store.json`` with this config unless it exists (atomic, exclusive: of two
@@ -182,28 +214,51 @@ class Chunk:
         return {"name": self.name, "rank": self.rank, "items": [list(item) for item in self.items]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Chunk":
-        """From the JSON form; ``ValueError`` when malformed."""
-        try:
-            items = tuple(ChunkItem(str(i), str(s), int(n)) for i, s, n in d["items"])
-            return cls(str(d["name"]), int(d["rank"]), items)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed chunk ({exc!r})") from None
+    def from_dict(cls, d: dict, where: str = MANIFEST_NAME) -> "Chunk":
+        """From the JSON form; a one-line :class:`MalformedFile` when a field is malformed, the
+        name is not ``r{rank:03d}-{n:06d}`` of its own rank (it becomes a file name) or an item
+        is not ``[id, source, index]``."""
+        f = Fields(d, where)
+        name = plain_name(f.obj.get("name"), CHUNK_NAME, where, "chunk name")
+        rank = f.int("rank", 0, 999)
+        if int(name[1:4]) != rank:
+            raise f.bad("rank", f"the rank in the chunk name {name!r}")
+        items = []
+        for k, item in enumerate(f.list("items", max_len=1 << 20)):
+            if (not isinstance(item, list) or len(item) != 3 or not _text(item[0], MAX_ID)
+                    or not _text(item[1], MAX_TEXT) or not check_int(item[2], 0, MAX_INDEX)):
+                raise MalformedFile(f"{where}: chunk {name} item {k} must be [id, source, index], "
+                                    f"got {str(item)[:60]!r}")
+            items.append(ChunkItem(*item))
+        return cls(name, rank, tuple(items))
 
 
-def read_manifest(store_path: str) -> list[Chunk] | None:
-    """The chunks of the store's manifest, ``[]`` for a store without one yet, ``None`` when it is
-    unreadable or malformed."""
+def _text(value, max_len: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= max_len and "\0" not in value
+
+
+def read_manifest(store_path: str) -> list[Chunk]:
+    """The chunks of the store's manifest, ``[]`` for a store without one yet. A one-line
+    :class:`MalformedFile` when it is unreadable, malformed, lists a chunk or an image twice, or
+    its image indexes are not ``0 .. n-1``."""
     full = os.path.join(store_path, MANIFEST_NAME)
-    if not os.path.exists(full):
-        return []
-    doc = read_json(full)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("chunks"), list):
-        return None
     try:
-        return [Chunk.from_dict(c) for c in doc["chunks"]]
-    except ValueError:
-        return None
+        doc = read_json_file(full, MANIFEST_NAME)
+    except FileNotFoundError:
+        return []
+    f = Fields(doc, full)
+    f.str("format", choices=(FORMAT,))
+    chunks = [Chunk.from_dict(c, f"{full}: chunk {k}") for k, c in enumerate(f.list("chunks"))]
+    names = [c.name for c in chunks]
+    ids = [i for c in chunks for i in c.ids]
+    indexes = sorted(item.index for c in chunks for item in c.items)
+    for what, values in (("chunk", names), ("image id", ids)):
+        if len(set(values)) != len(values):
+            twice = next(v for k, v in enumerate(sorted(values)) if k and sorted(values)[k - 1] == v)
+            raise MalformedFile(f"{full}: {what} {twice!r} is listed twice")
+    if indexes != list(range(len(indexes))):
+        raise MalformedFile(f"{full}: image indexes are not 0 .. {len(indexes) - 1}, each once")
+    return chunks
 
 
 def write_manifest(store_path: str, chunks: list[Chunk]) -> None:

@@ -16,7 +16,8 @@ from safetensors import safe_open
 
 from ..atomic import atomic_write
 from ..errors import UserError
-from .layout import (CONFIG_NAME, FORMAT, SHARD_DIR, chunk_name, file_digest, json_bytes, read_json,
+from ..jsonfile import Fields, read_json_file
+from .layout import (CONFIG_NAME, FORMAT, MANIFEST_NAME, SHARD_DIR, chunk_name, file_digest, json_bytes, read_json,
                      tensor_digest)
 from .records import Chunk, ChunkItem, write_manifest
 
@@ -69,12 +70,31 @@ def _upgrade_chunk(shard_dir: str, name: str, index: dict) -> dict:
 
 def upgrade_if_format_1(path: str) -> bool:
     """Rewrite a finished format-1 store at ``path`` as format 2 (call under its writer lock).
-    False (nothing done) for anything else."""
-    config = read_json(os.path.join(path, CONFIG_NAME))
+    False (nothing done) for anything else. A malformed format-1 file, or a ``store.json`` saying
+    format 1 over a store that has a format-2 manifest, is a one-line ``UserError``."""
+    try:
+        config = read_json_file(os.path.join(path, CONFIG_NAME), CONFIG_NAME)
+    except (OSError, ValueError):
+        return False
     if not isinstance(config, dict) or config.get("format") != FORMAT_1:
         return False
+    if os.path.lexists(os.path.join(path, MANIFEST_NAME)):
+        raise UserError(f"{os.path.join(path, CONFIG_NAME)} says format 1 over a {FORMAT} store "
+                        "(it has a manifest); use a new --out folder")
+    f = Fields(config, os.path.join(path, CONFIG_NAME))
+    n, world, size = f.int("num_images"), f.int("world_size", 1, 999), f.int("shard_size", 1)
+    try:
+        _upgrade(path, config, n, world, size)
+    except Exception as exc:  # a field of the wrong type, an unreadable shard tensor
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{path}: malformed format-1 store ({exc.__class__.__name__}: "
+                        f"{str(exc)[:80]}); cannot upgrade it, use a new --out folder") from None
+    return True
+
+
+def _upgrade(path: str, config: dict, n: int, world: int, size: int) -> None:
     shard_dir = os.path.join(path, SHARD_DIR)
-    n, world, size = config["num_images"], config["world_size"], config["shard_size"]
     chunks = []
     for rank in range(world):
         count = len(range(rank, n, world))
@@ -87,7 +107,7 @@ def upgrade_if_format_1(path: str) -> bool:
             if index["format"] == FORMAT_1:
                 index = _upgrade_chunk(shard_dir, name, index)
                 atomic_write(os.path.join(shard_dir, name + ".json"), json_bytes(index))
-            chunks.append(Chunk(name, rank, tuple(ChunkItem(r["image_id"], r["source"], r["index"])
+            chunks.append(Chunk(name, rank, tuple(ChunkItem(str(r["image_id"]), str(r["source"]), int(r["index"]))
                                                   for r in index["records"])))
     write_manifest(path, chunks)
     pretrained = config.get("pretrained")
@@ -95,4 +115,3 @@ def upgrade_if_format_1(path: str) -> bool:
     new = {k: v for k, v in config.items() if k not in _V1_ONLY}
     new.update(format=FORMAT, weights=weights)
     atomic_write(os.path.join(path, CONFIG_NAME), json_bytes(new))
-    return True

@@ -15,7 +15,8 @@ from safetensors.torch import save as safetensors_save
 
 from ..atomic import atomic_write
 from ..errors import UserError
-from .layout import CONFIG_NAME, FORMAT, MANIFEST_NAME, SHARD_DIR, bytes_digest, chunk_name, json_bytes
+from ..jsonfile import MalformedFile
+from .layout import CONFIG_NAME, FORMAT, SHARD_DIR, bytes_digest, chunk_name, json_bytes
 from .records import Chunk, ChunkItem, StoreConfig, StoreRecord, read_manifest, write_manifest
 
 
@@ -26,9 +27,15 @@ def open_store(path: str, config: StoreConfig) -> str:
     shard_dir = os.path.join(path, SHARD_DIR)
     os.makedirs(shard_dir, exist_ok=True)
     config.write_once(path)
-    old = StoreConfig.read(path)
+    try:
+        old = StoreConfig.read(path)
+    except MalformedFile as exc:
+        raise UserError(f"{exc}; use a new --out folder") from None
     if old is None:
-        raise UserError(f"{os.path.join(path, CONFIG_NAME)} is unreadable; use a new --out folder")
+        raise UserError(f"{os.path.join(path, CONFIG_NAME)} is missing; use a new --out folder")
+    if old.format != FORMAT:
+        raise UserError(f"{os.path.join(path, CONFIG_NAME)} says format {old.format!r} over a "
+                        f"{FORMAT} store; use a new --out folder")
     diff = old.differences(config)
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diff[:3])
@@ -42,9 +49,10 @@ def plan_chunks(path: str, items, shard_size: int, world: int, write: bool) -> l
     kept as they are). New images get the next indexes; image ``j`` of the new ones goes to rank
     ``j % world``, each rank's share cut into chunks of ``shard_size`` numbered after the rank's
     last chunk. ``write``: save the new manifest (atomically; one process per job)."""
-    chunks = read_manifest(path)
-    if chunks is None:
-        raise UserError(f"{os.path.join(path, MANIFEST_NAME)} is unreadable; use a new --out folder")
+    try:
+        chunks = read_manifest(path)
+    except MalformedFile as exc:
+        raise UserError(f"{exc}; use a new --out folder") from None
     known = {image_id for c in chunks for image_id in c.ids}
     new = [it for it in items if it.id not in known]
     if not new:
@@ -61,12 +69,30 @@ def plan_chunks(path: str, items, shard_size: int, world: int, write: bool) -> l
     return chunks
 
 
+def _clear_way(path: str) -> None:
+    """Make room for a chunk file at ``path``: an empty folder or a link there (nothing the
+    store holds) is removed; a folder with content is the user's: one-line error."""
+    if os.path.islink(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        try:
+            os.rmdir(path)
+        except OSError:
+            raise UserError(f"{path} is a folder with content where a chunk file of the store "
+                            "belongs; move it away, then rerun `spar-fast features`") from None
+    elif os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"{path} is not a regular file where a chunk file of the store belongs; "
+                        "move it away, then rerun `spar-fast features`")
+
+
 def write_chunk(shard_dir: str, name: str, records: list[StoreRecord],
                 tensors: dict[str, torch.Tensor]) -> dict:
     """Write one chunk: the safetensors shard, then its index (both atomic). Returns the index.
 
     ``tensors``: key -> target ``[h, w, C]`` in the stored dtype, on the CPU.
     """
+    for path in (os.path.join(shard_dir, name + ".safetensors"), os.path.join(shard_dir, name + ".json")):
+        _clear_way(path)
     data = safetensors_save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": FORMAT})
     atomic_write(os.path.join(shard_dir, name + ".safetensors"), data)
     index = {"format": FORMAT, "chunk": name, "shard": name + ".safetensors",

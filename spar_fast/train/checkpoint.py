@@ -15,9 +15,12 @@ Layout in a run directory:
 
 Nothing is unpickled: a file can hold only numbers, text and tensors, so no file can run code.
 Write order: weights, tensor state, then the JSON (its ``os.replace`` is the commit point); so
-after a kill at any point the JSON names a complete pair of the same step. Superseded
-``weights-*`` / ``state-*`` files and temporary files are removed after each commit and when a
-run is opened (:func:`run_lock`). A ``trainer_state.pt`` of an older version is read only with
+after a kill at any point the JSON names a complete pair of the same step. Only files the state
+records as the package's are ever removed: the JSON lists the pair it supersedes
+(``superseded``), which is removed after each commit and when a run is opened
+(:func:`run_lock`), with the package's own temporaries; a user's ``weights-best.safetensors`` or
+``notes.tmp`` in the folder stays. ``trainer_state.json`` is read through its schema
+(``spar_fast.jsonfile``): file names must be the package's own names in the run folder. A ``trainer_state.pt`` of an older version is read only with
 ``torch.load(weights_only=True)`` (tensors, plain containers and numpy arrays; any other object
 is refused), so such a run still resumes.
 """
@@ -27,19 +30,26 @@ import contextlib
 import json
 import os
 import random
+import re
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_write, atomic_write_with, remove_temp_files
-from ..backbones.weights import load_weights, save_weights  # noqa: F401  (re-exported for callers)
+from ..backbones.weights import load_weights, save_weights, torch_load  # noqa: F401  (re-exported)
 from ..errors import UserError
+from ..jsonfile import Fields, MalformedFile, plain_name, read_json_file
 from ..lock import exclusive_lock
 
 STATE_FILE = "trainer_state.json"
 LEGACY_STATE_FILE = "trainer_state.pt"
 FINAL_WEIGHTS = "final.safetensors"
-_PERIODIC = ("weights-", "state-")
+STATE_FORMAT = "spar_fast.trainer_state/1"
+WEIGHTS_NAME = r"final\.safetensors|weights-[0-9]{8}\.safetensors"
+TENSORS_NAME = r"state-(final|[0-9]{8})\.safetensors"
+# every name the package writes in a run folder (older versions' temporaries of these are its own)
+RUN_FILES = re.compile(rf"{WEIGHTS_NAME}|{TENSORS_NAME}|trainer_state\.json|summary\.json|"
+                       r"metrics\.jsonl|loss\.png")
 
 
 def rng_state() -> dict:
@@ -113,7 +123,7 @@ def _file_entry(run_dir: str, name: str) -> dict:
 
 def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bool = False,
                     delta: tuple | None = None) -> str:
-    """Write weights, the tensor state, then ``trainer_state.json``; prune superseded files.
+    """Write weights, the tensor state, then ``trainer_state.json``; remove the pair it supersedes.
 
     ``state``: the trainer state (nested dicts / lists / tuples of tensors, numbers, strings;
     must hold ``global_step``). ``delta``: ``(names, BaseIdentity, metadata)`` to write only the
@@ -125,6 +135,8 @@ def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bo
     tag = "final" if final else f"{state['global_step']:08d}"
     name = FINAL_WEIGHTS if final else f"weights-{tag}.safetensors"
     state_name = f"state-{tag}.safetensors"
+    superseded = sorted((set(_recorded(run_dir, "superseded")) | set(_recorded(run_dir, "pair")))
+                        - {name, state_name})
     step = {"global_step": str(state["global_step"])}
     if delta is None:
         save_weights(model, os.path.join(run_dir, name), metadata=step)
@@ -134,32 +146,61 @@ def save_checkpoint(run_dir: str, model: torch.nn.Module, state: dict, final: bo
     tensors: dict = {}
     tree = _encode(dict(state, rng=rng_state()), tensors, "s")
     atomic_write_with(os.path.join(run_dir, state_name), lambda tmp: save_file(tensors, tmp))
-    doc = {"format": "spar_fast.trainer_state/1", "state": tree,
+    doc = {"format": STATE_FORMAT, "state": tree, "superseded": superseded,
            "weights": _file_entry(run_dir, name), "tensors": _file_entry(run_dir, state_name)}
     atomic_write(os.path.join(run_dir, STATE_FILE), (json.dumps(doc, indent=1) + "\n").encode())
-    prune(run_dir, keep={name, state_name})
+    prune(run_dir)
     return os.path.join(run_dir, name)
 
 
-def prune(run_dir: str, keep: set[str]) -> None:
-    """Remove superseded periodic files (``weights-*``, ``state-*`` not in ``keep``), the legacy
-    pickle state once a JSON state exists, and temporary files of interrupted writes."""
-    for other in os.listdir(run_dir):
-        if other.startswith(_PERIODIC) and other.endswith(".safetensors") and other not in keep:
+def _read_state_doc(run_dir: str) -> Fields:
+    """``trainer_state.json`` checked against its schema (``FileNotFoundError`` when absent)."""
+    path = os.path.join(run_dir, STATE_FILE)
+    f = Fields(read_json_file(path, "trainer state"), path)
+    f.str("format", choices=(STATE_FORMAT,))
+    f.child("state")
+    for key, pattern in (("weights", WEIGHTS_NAME), ("tensors", TENSORS_NAME)):
+        entry = f.child(key)
+        plain_name(entry.obj.get("name"), pattern, f"{path}: field {key!r}", "file name")
+        entry.int("bytes", 0)
+        entry.str("xxh3_128", max_len=64)
+    for name in f.list("superseded", optional=True) or ():
+        plain_name(name, f"{WEIGHTS_NAME}|{TENSORS_NAME}", path, "superseded file")
+    return f
+
+
+def _recorded(run_dir: str, what: str) -> list[str]:
+    """File names the readable state records: ``pair`` (its weights and tensor files) or
+    ``superseded``; ``[]`` when there is no readable state."""
+    try:
+        f = _read_state_doc(run_dir)
+    except (OSError, UserError):
+        return []
+    if what == "pair":
+        return [f.obj["weights"]["name"], f.obj["tensors"]["name"]]
+    return list(f.obj.get("superseded") or ())
+
+
+def prune(run_dir: str) -> None:
+    """Remove the files the state records as superseded (never the pair it names), the legacy
+    pickle state once a JSON state exists, and the package's own temporaries."""
+    keep = set(_recorded(run_dir, "pair"))
+    for other in _recorded(run_dir, "superseded"):
+        if other not in keep and os.path.isfile(os.path.join(run_dir, other)):
             os.remove(os.path.join(run_dir, other))
-    if keep and os.path.exists(os.path.join(run_dir, LEGACY_STATE_FILE)):
+    if keep and os.path.isfile(os.path.join(run_dir, LEGACY_STATE_FILE)):
         os.remove(os.path.join(run_dir, LEGACY_STATE_FILE))
-    remove_temp_files(run_dir)
+    remove_temp_files(run_dir, RUN_FILES)
 
 
-def _check_entry(run_dir: str, entry, what: str) -> str:
+def _check_entry(run_dir: str, entry: dict, what: str) -> str:
     from ..store.layout import file_digest
 
-    full = os.path.join(run_dir, str(entry.get("name", "")) if isinstance(entry, dict) else "")
-    if not isinstance(entry, dict) or os.path.dirname(str(entry.get("name", ""))) or not os.path.isfile(full):
+    full = os.path.join(run_dir, entry["name"])
+    if not os.path.isfile(full):
         raise UserError(f"{run_dir}/{STATE_FILE}: its {what} file is missing; start the run over "
                         "in a new --out folder")
-    if os.path.getsize(full) != entry.get("bytes") or file_digest(full) != entry.get("xxh3_128"):
+    if os.path.getsize(full) != entry["bytes"] or file_digest(full) != entry["xxh3_128"]:
         raise UserError(f"{full}: corrupt (size or checksum differs from {STATE_FILE}); start the "
                         "run over in a new --out folder")
     return full
@@ -168,18 +209,18 @@ def _check_entry(run_dir: str, entry, what: str) -> str:
 def _load_json_state(run_dir: str) -> dict:
     from safetensors.torch import load_file
 
-    path = os.path.join(run_dir, STATE_FILE)
     try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read())
-        tree = doc["state"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable trainer state ({exc.__class__.__name__}); start the "
-                        "run over in a new --out folder") from None
-    weights = _check_entry(run_dir, doc.get("weights"), "weights")
-    tensors_path = _check_entry(run_dir, doc.get("tensors"), "tensor state")
+        doc = _read_state_doc(run_dir).obj
+    except (OSError, MalformedFile) as exc:
+        text = str(exc) if isinstance(exc, MalformedFile) else f"{run_dir}: {exc}"
+        raise UserError(f"unreadable trainer state: {text}; start the run over in a new --out "
+                        "folder") from None
+    weights = _check_entry(run_dir, doc["weights"], "weights")
+    tensors_path = _check_entry(run_dir, doc["tensors"], "tensor state")
     try:
-        state = _decode(tree, load_file(tensors_path, device="cpu"))
+        state = _decode(doc["state"], load_file(tensors_path, device="cpu"))
+        if not isinstance(state.get("global_step"), int):
+            raise ValueError("no global_step")
     except Exception as exc:  # a malformed tree or tensor file
         raise UserError(f"{tensors_path}: unreadable trainer state ({exc.__class__.__name__})") from None
     state["weights"] = weights
@@ -192,7 +233,7 @@ def _load_legacy_state(run_dir: str) -> dict:
     arrays = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np.zeros(1).__reduce__()[0]]
     try:
         with torch.serialization.safe_globals(arrays):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load(path)
         weights = os.path.join(run_dir, os.path.basename(state["weights"]))
     except Exception as exc:  # refused global (possible code), truncated file, wrong content
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -219,21 +260,11 @@ def load_checkpoint(run_dir: str) -> dict | None:
 @contextlib.contextmanager
 def run_lock(run_dir: str, writer: bool = True):
     """Hold the run directory's writer lock (``writer``: the process that saves checkpoints;
-    others pass False and take nothing). On entry, temporary files and periodic files the
-    state does not name are removed."""
+    others pass False and take nothing). On entry, the files the state records as superseded
+    and the package's own temporaries are removed (:func:`prune`); nothing else."""
     if not writer:
         yield
         return
     with exclusive_lock(run_dir, "training run"):
-        keep = set()
-        try:
-            with open(os.path.join(run_dir, STATE_FILE), "rb") as f:
-                doc = json.loads(f.read())
-            keep = {doc["weights"]["name"], doc["tensors"]["name"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no (readable) JSON state: keep every periodic file for load_checkpoint to judge
-        if keep:
-            prune(run_dir, keep)
-        else:
-            remove_temp_files(run_dir)
+        prune(run_dir)
         yield

@@ -30,7 +30,7 @@ from ..data.decode import EncodedImage, finish_decode, read_encoded
 from ..errors import UserError
 from ..data.images import printable_id
 from ..store.codec import StoredTarget
-from ..store.reader import source_changed
+from ..store.index import MISSING_SOURCE, source_changed
 
 STAGES = ("cpu", "device")
 
@@ -104,9 +104,10 @@ class StoreDataset(Dataset):
         target, _ = self._open().get(rec.image_id, decoded=False)  # checksum-verified
         changed = source_changed(rec)  # one stat; the file is hashed only when size or mtime moved
         if changed:
+            advice = ("restore it (its target is kept)" if changed == MISSING_SOURCE else
+                      "its target no longer matches, rerun `spar-fast features` to recompute it")
             raise UserError(f"{self.store_path}: {changed} for image {printable_id(rec.image_id)!r} "
-                            f"({printable_id(rec.source)}); its target no longer matches, rerun "
-                            "`spar-fast features` to recompute it")
+                            f"({printable_id(rec.source)}); {advice}")
         image = read_encoded(rec.source, self.decode)
         if self.stage == "cpu":
             image = augment_normalize(finish_decode([image], "cpu")[0], rec.augment, self.mean, self.std)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import os
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, atomic_write_with, write_error
+from ..jsonfile import check_int, parse_json
 
 
 class MetricsLog:
@@ -15,15 +16,16 @@ class MetricsLog:
 
     def __init__(self, run_dir: str, resume_step: int = 0):
         self.path = os.path.join(run_dir, "metrics.jsonl")
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step else []
-        with open(self.path, "w") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step] if resume_step else []
+        atomic_write(self.path, "".join(json.dumps(record) + "\n" for record in kept).encode())
 
     def write_many(self, records: list[dict]) -> None:
         """Append records (the trainer writes the steps of each log interval at once)."""
-        with open(self.path, "a") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in records))
+        try:
+            with open(self.path, "a") as f:
+                f.write("".join(json.dumps(record) + "\n" for record in records))
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
 
 def write_summary(run_dir: str, summary: dict) -> str:
@@ -34,23 +36,26 @@ def write_summary(run_dir: str, summary: dict) -> str:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """Records of a ``metrics.jsonl`` (a torn last line from a kill is skipped)."""
-    if not os.path.exists(path):
+    """Records of a ``metrics.jsonl`` (a torn last line from a kill, or any line that is not an
+    object with an integer ``step``, is skipped)."""
+    if not os.path.isfile(path):
         return []
     out = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = parse_json(line, path)
+            except ValueError:
                 continue
+            if isinstance(record, dict) and check_int(record.get("step"), 0):
+                out.append(record)
     return out
 
 
 def plot_loss(run_dir: str) -> str | None:
     """Write ``<run_dir>/loss.png`` from ``metrics.jsonl`` (per-step loss and its running mean)."""
     records = [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
-               if r.get("loss") is not None]  # a skipped (non-finite) step has no loss
+               if isinstance(r.get("loss"), (int, float)) and not isinstance(r.get("loss"), bool)]  # a skipped (non-finite) step has no loss
     if not records:
         return None
     import matplotlib
@@ -76,6 +81,8 @@ def plot_loss(run_dir: str) -> str | None:
     ax.legend()
     fig.tight_layout()
     path = os.path.join(run_dir, "loss.png")
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path

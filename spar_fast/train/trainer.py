@@ -43,6 +43,11 @@ def _resume_state(run_dir: str, key: dict, resume: bool) -> dict | None:
     state = ckpt.load_checkpoint(run_dir) if resume else None
     if state is None:
         return None
+    fields = {"config": dict, "epoch": int, "step_in_epoch": int, "global_step": int}
+    wrong = [k for k, kind in fields.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise UserError(f"{run_dir}: the saved trainer state lacks {', '.join(wrong)}; start the run "
+                        "over in a new --out folder")
     saved = dict(state["config"])
     ignore = {"epochs"} if key["schedule"] == "constant" else set()
     diff = [k for k in key if k not in ignore and saved.get(k) != key[k]]
@@ -102,6 +107,11 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
     os.makedirs(out_dir, exist_ok=True)
     state = _resume_state(out_dir, cfg.resume_key(world), cfg.resume)
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
+        if rank == 0 and not os.path.isfile(os.path.join(out_dir, "summary.json")):
+            write_summary(out_dir, {  # killed between the final weights and the summary
+                "steps": state["global_step"], "steps_this_run": 0, "seconds_this_run": 0.0,
+                "skipped_images": state.get("skipped_images", 0), "skip_nonfinite": cfg.skip_nonfinite,
+                "decode": store_cfg.decode, "loader_stage": cfg.loader_stage})
         return state["weights"]
     run = _Run(rank, world, device, store, store_cfg, out_dir, cfg)
     if state is not None:
