@@ -3,4 +3,4 @@
 
 # Order in which subcommands appear in ``spar-fast --help``.
 COMMANDS = ("features", "verify", "train", "distill", "demo", "segment", "embed", "pca", "eval", "queries",
-            "world")
+            "world", "probe")
