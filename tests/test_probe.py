@@ -231,3 +231,67 @@ def test_probe_cli(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_ade20k_panoptic_layout_and_oracle(tmp_path):
+    """A hand-made ADE20K-style COCO panoptic set: ids as R + 256 G + 256² B, categories in
+    JSON order, a crowd segment; the oracle backbone classifies every non-crowd segment right."""
+    import json
+
+    from PIL import Image
+
+    from spar_fast.probe.panoptic import coco_panoptic_samples, load_panoptic, mask_oracle
+
+    base = tmp_path / "ADEChallengeData2016"
+    (base / "images" / "validation").mkdir(parents=True)
+    (base / "ade20k_panoptic_val").mkdir()
+    ids = np.zeros((32, 48), np.int64)
+    ids[:, :16], ids[:, 16:32], ids[:16, 32:] = 300, 70000, 5  # 70000 = (112, 17, 1) in RGB
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(base / "ade20k_panoptic_val" / "ADE_val_1.png")
+    grey = np.zeros((32, 48), np.uint8)
+    grey[:, 16:32] = 200  # category index 2 (grey 200 -> class 2 in the oracle)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(base / "images" / "validation" / "ADE_val_1.jpg")
+    doc = {"categories": [{"id": 10, "name": "wall", "isthing": 0}, {"id": 11, "name": "car", "isthing": 1},
+                          {"id": 12, "name": "person", "isthing": 1}],
+           "images": [{"id": "ADE_val_1", "file_name": "ADE_val_1.jpg"}],
+           "annotations": [{"image_id": "ADE_val_1", "file_name": "ADE_val_1.png", "segments_info": [
+               {"id": 300, "category_id": 10, "iscrowd": 0}, {"id": 70000, "category_id": 12, "iscrowd": 0},
+               {"id": 5, "category_id": 11, "iscrowd": 1}]}]}
+    (base / "ade20k_panoptic_val.json").write_text(json.dumps(doc))
+    samples, lines, things = coco_panoptic_samples(tmp_path, "ade20k")
+    assert lines == ["wall", "car", "person"] and things == {1, 2} and len(samples) == 1
+    seg, cats, crowd = load_panoptic(samples[0])
+    assert cats == {300: 0, 70000: 2, 5: 1} and crowd == {5}
+    assert int(seg[0, 20]) == 70000 and int(seg[20, 40]) == 0  # pixels of no segment are void
+
+    def feature_fn(sample):
+        from spar_fast.data.images import read_rgb
+        x = torch.from_numpy(read_rgb(sample.image)).permute(2, 0, 1).float()[None] / 255
+        return _Oracle()(x)[0]  # grey 0 -> class 0, grey 200 -> class 2
+
+    r = mask_oracle(feature_fn, samples, torch.eye(3), torch.arange(3), 3, things=things)
+    assert r["PQ"] == pytest.approx(1.0) and r["per_class"][1] is None  # crowd: neither TP nor FN
+
+
+def test_folder_instances_layout(tmp_path):
+    from PIL import Image
+
+    from spar_fast.probe.panoptic import folder_panoptic_samples, load_panoptic
+
+    _folder(tmp_path / "d", n_train=1, n_val=1)
+    assert folder_panoptic_samples(tmp_path / "d", "val")[0].source == "folder:components"
+    (tmp_path / "d" / "instances").mkdir()
+    inst = np.zeros((64, 80), np.uint16)
+    inst[:, 40:] = 300  # a 16-bit instance id over the right half
+    Image.fromarray(inst).save(tmp_path / "d" / "instances" / "v0.png")
+    sample = folder_panoptic_samples(tmp_path / "d", "val")[0]
+    assert sample.source == "folder:folder"
+    seg, cats, crowd = load_panoptic(sample)
+    label = np.array(Image.open(tmp_path / "d" / "labels" / "v0.png"))
+    # one segment per (label, instance) pair present
+    assert len(cats) == len({(int(a), int(b)) for a, b in zip(label.flatten(), (inst > 0).flatten())})
+    assert crowd == set() and int(seg.min()) >= 1
+    _folder(tmp_path / "e", 1, 1)
+    with pytest.raises(UserError, match="no instances"):
+        folder_panoptic_samples(tmp_path / "e", "val", "folder")
