@@ -98,18 +98,19 @@ def nearest_reference(queries: torch.Tensor, keys: torch.Tensor, k: int):
 def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, query_chunk: int = 4096,
             bank_chunk: int = 65536):
     """:func:`nearest_reference` in bounded memory: ``query_chunk x bank_chunk`` similarities at
-    a time, merged into a running top-k per query."""
+    a time; each chunk's top-k merged into a running top-k per query."""
     k = min(k, len(keys))
     out_s, out_i = [], []
     for q0 in range(0, len(queries), query_chunk):
         q = queries[q0:q0 + query_chunk]
-        best_s = torch.full((len(q), 0), float("-inf"), device=q.device, dtype=q.dtype)
-        best_i = torch.zeros((len(q), 0), dtype=torch.long, device=q.device)
         for b0 in range(0, len(keys), bank_chunk):
             sims = q @ keys[b0:b0 + bank_chunk].t()
-            ids = torch.arange(b0, b0 + sims.shape[1], device=q.device).expand(len(q), -1)
-            both_s, both_i = torch.cat([best_s, sims], 1), torch.cat([best_i, ids], 1)
-            best_s, pos = torch.topk(both_s, min(k, both_s.shape[1]), dim=1)
+            chunk_s, chunk_i = torch.topk(sims, min(k, sims.shape[1]), dim=1)  # the chunk's best k
+            if b0 == 0:
+                best_s, best_i = chunk_s, chunk_i
+                continue
+            both_s, both_i = torch.cat([best_s, chunk_s], 1), torch.cat([best_i, chunk_i + b0], 1)
+            best_s, pos = torch.topk(both_s, min(k, both_s.shape[1]), dim=1)  # merge the two candidate sets
             best_i = torch.gather(both_i, 1, pos)
         out_s.append(best_s)
         out_i.append(best_i)
