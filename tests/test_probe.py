@@ -2,6 +2,7 @@
 and the mask oracle, on tiny inputs with known answers, and ``spar-fast probe`` end to end."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -295,3 +296,29 @@ def test_folder_instances_layout(tmp_path):
     _folder(tmp_path / "e", 1, 1)
     with pytest.raises(UserError, match="no instances"):
         folder_panoptic_samples(tmp_path / "e", "val", "folder")
+
+
+@pytest.mark.parametrize("name", ["voc21", "context59", "cityscapes", "ade20k"])
+def test_benchmark_train_splits(tmp_path, name):
+    """The benchmark readers list their training images for the probes (val is unchanged)."""
+    import shutil
+
+    from spar_fast.evaluation.datasets import list_samples
+    from test_datasets import make_dataset
+
+    make_dataset(tmp_path, name)
+    val = list_samples(name, tmp_path, "val")
+    with pytest.raises(UserError):
+        list_samples(name, tmp_path, "train")  # no training images written yet
+    for s in val:  # copy the val images into the train layout
+        for path in (s.image, s.label):
+            dst = (path.replace("/val/", "/train/").replace("validation", "training")
+                   .replace("val.txt", "train.txt"))
+            if dst != path:  # VOC / Context: one image folder for every split
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                shutil.copy(path, dst)
+    for split_file in tmp_path.rglob("val.txt"):
+        shutil.copy(split_file, split_file.with_name("train.txt"))
+    train = list_samples(name, tmp_path, "train")
+    assert [s.id for s in train] == [s.id for s in val]
+    assert all(("train" in s.image) or ("JPEGImages" in s.image) for s in train)

@@ -49,9 +49,11 @@ def add_parser(subparsers) -> None:
                     "learning rate on one cached extraction), kNN retrieval segmentation from a "
                     "memory bank of train patches, and panoptic quality with ground-truth masks "
                     "classified by the text queries. Prints percentages.")
-    p.add_argument("--dataset", default="folder", choices=("folder",),
-                   help="dataset reader: 'folder', any labelled folder ROOT/{images, labels, "
-                        "classes.txt, splits/SPLIT.txt} (the synthetic world's too)")
+    from ..evaluation.datasets import DATASETS
+    p.add_argument("--dataset", default="folder", choices=tuple(DATASETS),
+                   help="dataset reader (default: folder, any labelled folder ROOT/{images, labels, "
+                        "classes.txt, splits/SPLIT.txt}, the synthetic world's too; the benchmarks "
+                        "use their train and val splits)")
     p.add_argument("--root", required=True, help="dataset folder")
     add_model_args(p)
     add_tokenizer_arg(p)

@@ -104,7 +104,8 @@ def _panoptic(bb, dataset, root, options: ProbeOptions, lines, query_set) -> dic
     k = len(lines)
     if options.panoptic_layout == "folder":
         if dataset != "folder":
-            raise UserError(f"the folder panoptic layout needs --dataset folder, got {dataset}")
+            raise UserError(f"the folder panoptic layout needs --dataset folder, got {dataset}; use "
+                            "--probes linear,knn, or --panoptic-layout cityscapes|ade20k")
         samples = folder_panoptic_samples(root, options.val_split, options.instances)[:options.limit_val]
         things = set(range(k)) - set(options.stuff)
     else:
