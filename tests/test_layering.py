@@ -22,7 +22,7 @@ LAYERS = (  # (layer, units): a unit is a package or a top-level module of spar_
     ("commands", ("spar_fast.commands", "spar_fast.cli", "spar_fast.__main__")),
     ("jobs", ("spar_fast.jobs",)),
     ("stages", ("spar_fast.data", "spar_fast.teacher", "spar_fast.store", "spar_fast.train",
-                "spar_fast.segmentation", "spar_fast.evaluation", "spar_fast.world")),
+                "spar_fast.segmentation", "spar_fast.evaluation", "spar_fast.world", "spar_fast.probe")),
     ("backbones", ("spar_fast.backbones",)),
     ("ops", ("spar_fast.ops",)),
     ("kernels", ("spar_fast.kernels",)),  # Triton sources in kernels/, loaded by the ops
@@ -37,6 +37,7 @@ STAGE_USES = {  # stage -> the stages it may import (each earlier in the pipelin
     "spar_fast.segmentation": ("spar_fast.data", "spar_fast.teacher"),
     "spar_fast.evaluation": ("spar_fast.data", "spar_fast.segmentation"),
     "spar_fast.world": ("spar_fast.data", "spar_fast.segmentation"),  # scenes, their backbone
+    "spar_fast.probe": ("spar_fast.data", "spar_fast.segmentation", "spar_fast.evaluation"),
 }
 FACADE = "spar_fast"
 

@@ -3,4 +3,4 @@
 
 # Order in which subcommands appear in ``spar-fast --help``.
 COMMANDS = ("features", "verify", "train", "distill", "demo", "segment", "embed", "pca", "eval", "timing",
-            "queries", "world", "serve", "export")
+            "queries", "world", "probe", "serve", "export")

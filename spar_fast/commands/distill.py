@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
                    help="augmentation drawn once per image (SPEC §3)")
     p.add_argument("--dtype", default="fp16", choices=tuple(TARGET_DTYPES),
                    help="storage dtype of the teacher features")
+    p.add_argument("--teacher", default=None, choices=("sliding", "single"),
+                   help="targets: the sliding window (SPAR) or one single pass (default: single for "
+                        "--scheme multires, else sliding; docs/SCHEMES.md)")
     add_options(p, TrainConfig, TRAINING)
     p.set_defaults(run=run)
 
@@ -36,7 +39,9 @@ def run(args) -> int:
     from .train import config_from_args
 
     images = args.images[0] if len(args.images) == 1 else list(args.images)
+    cfg = config_from_args(args)
+    teacher = args.teacher or ("single" if cfg.scheme == "multires" else "sliding")
     path = distill(images, args.out, backbone=args.backbone, weights=args.weights,
-                   stride=args.stride, augment=args.augment, dtype=args.dtype, config=config_from_args(args))
+                   stride=args.stride, augment=args.augment, dtype=args.dtype, config=cfg, teacher=teacher)
     print(f"final weights: {path}")
     return 0

@@ -59,6 +59,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--augment-scale", type=arg_type(float, in_range(0.0625, 4.0)), default=1.0,
                    help="multiply the augmentation's sizes (its scale and the 512 px minimum side), "
                         "e.g. 0.5 for the synthetic world's 128 px window (default: %(default)s, the SPEC)")
+    p.add_argument("--teacher", choices=("sliding", "single"), default="sliding",
+                   help="sliding: the stitched sliding window at --stride (SPAR); single: one single "
+                        "pass of the backbone, the targets of multi-resolution distillation "
+                        "(`train --scheme multires`; docs/SCHEMES.md) (default: %(default)s)")
     p.add_argument("--dtype", choices=tuple(TARGET_DTYPES), default="fp16",
                    help="stored target precision (default: fp16)")
     p.add_argument("--device", default=None,
@@ -112,7 +116,8 @@ def run(args) -> int:
                                stride=args.stride, augment=args.augment, dtype=args.dtype,
                                device=args.device, seed=args.seed, shard_size=args.shard_size,
                                limit=args.limit, max_pixels=args.max_pixels, progress=args.progress,
-                               decode=args.decode, augment_scale=args.augment_scale)
+                               decode=args.decode, augment_scale=args.augment_scale,
+                               teacher=args.teacher)
     if dist_env()[0] == 0:
         print(format_summary(summary))
     return 0

@@ -34,9 +34,9 @@ def config_from_args(args, **fields):
 
 
 def run(args) -> int:
-    from ..train import train
+    from ..jobs.distill import train_run
 
     cfg = config_from_args(args, backbone=args.backbone, weights=args.weights and str(args.weights))
-    path = train(args.store, args.out, cfg)
+    path = train_run(args.store, args.out, cfg)
     print(f"final weights: {path}")
     return 0

@@ -126,6 +126,12 @@ def _split_ids(path: Path) -> list[str]:
     return ids
 
 
+def _existing_split(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"{what}: no split file {path}")
+    return _split_ids(path)
+
+
 def _paired(ids, image_of, label_of, what: str) -> list[Sample]:
     samples = []
     for i in ids:
@@ -159,8 +165,10 @@ def _folder_samples(d: Path, split: str) -> list[Sample]:
 
 
 def list_samples(name: str, root, split: str = "val") -> list[Sample]:
-    """All validation samples of dataset ``name`` under ``root``, in a stable order (``split``:
-    the split file of a folder dataset, ``splits/<split>.txt`` when present)."""
+    """All samples of ``split`` of dataset ``name`` under ``root``, in a stable order. ``split``:
+    the split file of a folder dataset (``splits/<split>.txt`` when present); for the benchmarks
+    ``train`` (VOC / Context ``ImageSets/.../train.txt``, Cityscapes ``leftImg8bit/train``, ADE20K
+    ``images/training``: the probes' training images), any other name the validation split."""
     spec = get_spec(name)
     d = find_dataset_dir(spec, root)
     if not spec.folder:
@@ -168,27 +176,29 @@ def list_samples(name: str, root, split: str = "val") -> list[Sample]:
         if not samples:
             raise UserError(f"folder dataset: no images under {d / 'images'}")
         return samples
+    split = "train" if split == "train" else "val"  # other names (a folder's splits) mean val here
     if spec.folder == "VOC2012":
-        ids = _split_ids(d / "ImageSets/Segmentation/val.txt")
+        ids = _existing_split(d / f"ImageSets/Segmentation/{split}.txt", spec.name)
         return _paired(ids, lambda i: d / "JPEGImages" / f"{i}.jpg",
                        lambda i: d / "SegmentationClass" / f"{i}.png", spec.name)
     if spec.folder == "VOC2010":
-        ids = _split_ids(d / "ImageSets/SegmentationContext/val.txt")
+        ids = _existing_split(d / f"ImageSets/SegmentationContext/{split}.txt", spec.name)
         return _paired(ids, lambda i: d / "JPEGImages" / f"{i}.jpg",
                        lambda i: d / "SegmentationClassContext" / f"{i}.png", spec.name)
     if spec.folder == "cityscapes":
         suffix = "_leftImg8bit.png"
-        images = sorted((d / "leftImg8bit/val").glob(f"*/*{suffix}"))
-        ids = [str(p.relative_to(d / "leftImg8bit/val"))[:-len(suffix)] for p in images]
-        samples = _paired(ids, lambda i: d / "leftImg8bit/val" / f"{i}{suffix}",
-                          lambda i: d / "gtFine/val" / f"{i}_gtFine_labelTrainIds.png", spec.name)
+        images = sorted((d / "leftImg8bit" / split).glob(f"*/*{suffix}"))
+        ids = [str(p.relative_to(d / "leftImg8bit" / split))[:-len(suffix)] for p in images]
+        samples = _paired(ids, lambda i: d / "leftImg8bit" / split / f"{i}{suffix}",
+                          lambda i: d / "gtFine" / split / f"{i}_gtFine_labelTrainIds.png", spec.name)
     else:
-        images = sorted((d / "images/validation").glob("*.jpg"))
+        sub = "validation" if split == "val" else "training"
+        images = sorted((d / "images" / sub).glob("*.jpg"))
         ids = [p.stem for p in images]
-        samples = _paired(ids, lambda i: d / "images/validation" / f"{i}.jpg",
-                          lambda i: d / "annotations/validation" / f"{i}.png", spec.name)
+        samples = _paired(ids, lambda i: d / "images" / sub / f"{i}.jpg",
+                          lambda i: d / "annotations" / sub / f"{i}.png", spec.name)
     if not samples:
-        raise UserError(f"{spec.name}: no validation images found under {d}")
+        raise UserError(f"{spec.name}: no {'validation' if split == 'val' else 'training'} images found under {d}")
     return samples
 
 

@@ -36,7 +36,7 @@ from ..store.check import check_chunk
 from ..store.codec import StoredTarget, encode_target, stored_tensors, tensor_key
 from ..store.layout import DTYPES, SHARD_DIR, source_digest, target_digest
 from ..store.verify import SHARD_FILES, STORE_FILES
-from ..store.records import Chunk, StoreConfig, StoreRecord
+from ..store.records import TEACHERS, Chunk, StoreConfig, StoreRecord
 from ..store.upgrade import upgrade_if_format_1
 from ..store.writer import open_store, plan_chunks, write_chunk
 from ..teacher.window_plan import upsample_factor
@@ -87,7 +87,8 @@ def _store_config(bb, name, weights, opts: "ExtractOptions") -> StoreConfig:
                        patch_size=int(bb.patch_size), window=int(bb.window),
                        feature_dim=int(bb.feature_dim), mean=tuple(float(v) for v in bb.mean),
                        std=tuple(float(v) for v in bb.std), min_side=min_side, multiple=multiple,
-                       decode=opts.decode, augment_scale=float(opts.augment_scale))
+                       decode=opts.decode, augment_scale=float(opts.augment_scale),
+                       teacher=opts.teacher)
 
 
 class _Prepared:
@@ -184,10 +185,13 @@ class ExtractOptions:
     min(4, cpus)), ``max_pixels`` (images whose source or augmented size exceeds it are skipped;
     None: no limit), ``progress`` (a progress bar on rank 0). ``augment_scale`` (recorded)
     multiplies the augmentation's sizes, the RandomResize scale and the 512-pixel minimum side
-    (1: SPEC §3; a model with a 128-pixel window, the synthetic world's, uses a scale below 1)."""
+    (1: SPEC §3; a model with a 128-pixel window, the synthetic world's, uses a scale below 1).
+    ``teacher`` (recorded): ``sliding`` (SPEC §2, at ``stride``) or ``single`` (one single pass:
+    the targets of multi-resolution distillation, docs/SCHEMES.md)."""
     stride: int = 24
     augment: str = "default"
     augment_scale: float = 1.0
+    teacher: str = "sliding"
     dtype: str = "fp16"
     seed: int = 0
     shard_size: int = 32
@@ -201,7 +205,8 @@ class ExtractOptions:
     def check(self) -> None:
         """One-line ``UserError`` for a value out of its range (the stride is checked against the
         backbone later, :func:`check_stride`)."""
-        for name, allowed in (("augment", VARIANTS), ("dtype", DTYPES), ("decode", DECODES)):
+        for name, allowed in (("augment", VARIANTS), ("dtype", DTYPES), ("decode", DECODES),
+                              ("teacher", TEACHERS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name, low in (("shard_size", 1), ("seed", 0)):
@@ -248,7 +253,12 @@ def extract_features(images, store_path, backbone="siglip2-b16-512", weights="hu
              for it in items[:opts.limit]]
     bb, name, recorded_weights = _backbone(backbone, Weights.parse(weights), device)
     check_stride(opts.stride, int(bb.window), int(bb.patch_size))
-    if teacher_fn is None:
+    if teacher_fn is None and opts.teacher == "single":
+        from ..backbones import dense_features
+
+        def teacher_fn(x):
+            return dense_features(bb, x, precision="auto").float()
+    elif teacher_fn is None:
         from ..teacher import teacher_features
 
         def teacher_fn(x):

@@ -107,7 +107,10 @@ class StoreConfig:
     path (``data.decode``), left out of the file when it is the original one, so older stores
     read back equal; ``decode_version`` (optional): the decoder's signature; ``augment_scale``:
     the augmentation's size scale (``data.augment.sample_augment``), left out when it is the
-    SPEC's 1. ``extra``: keys of
+    SPEC's 1; ``teacher``: what made the targets, ``sliding`` (the stitched sliding window at
+    ``stride``, SPEC §2) or ``single`` (one single pass of the backbone, the targets of
+    multi-resolution distillation; ``stride`` is then unused), left out when ``sliding``.
+    ``extra``: keys of
     older versions (e.g. the ``pretrained`` of an upgraded format-1 store), kept as read."""
     backbone: str | None
     weights: str | None
@@ -126,6 +129,7 @@ class StoreConfig:
     decode: str = LEGACY_DECODE
     decode_version: str | None = None
     augment_scale: float = 1.0
+    teacher: str = "sliding"
     format: str = FORMAT
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -139,6 +143,8 @@ class StoreConfig:
             out["decode_version"] = self.decode_version
         if self.augment_scale != 1.0:
             out["augment_scale"] = float(self.augment_scale)
+        if self.teacher != "sliding":
+            out["teacher"] = self.teacher
         return {**self.extra, **out}
 
     @classmethod
@@ -187,7 +193,8 @@ class StoreConfig:
         return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-_OPTIONAL_CONFIG = ("decode", "decode_version", "augment_scale", "extra")
+_OPTIONAL_CONFIG = ("decode", "decode_version", "augment_scale", "teacher", "extra")
+TEACHERS = ("sliding", "single")
 
 
 class ChunkItem(NamedTuple):

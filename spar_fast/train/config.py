@@ -11,12 +11,18 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..options import at_least, check_fields, finite_above, option
+from ..options import at_least, check_fields, finite_above, in_range, option
 from ..data.decode import DECODES
 from ..runtime import PRECISIONS, Weights
 from .unfreeze import VALID_FORMS
 
 SCHEDULES = ("constant", "cosine")
+SCHEMES = ("features", "multires", "class_sim")   # docs/SCHEMES.md
+CLASS_FORMS = ("softmax", "cosine")
+SCHEME_FIELDS = {"multires": ("rescale_min", "rescale_max"),
+                 "class_sim": ("class_queries", "class_form", "class_scale")}
+SCHEME_DEFAULTS = {"rescale_min": 0.5, "rescale_max": 1.5, "class_form": "softmax"}
+CLASS_SCALE_DEFAULT = {"softmax": 40.0, "cosine": 1.0}
 LOADER_STAGES = ("cpu", "device")
 
 # Settings that must equal the saved ones when a run is resumed (``epochs`` too, unless the
@@ -64,6 +70,23 @@ class TrainConfig:
     full_weights: bool = option(False, "write checkpoints as the full open_clip state dict (standalone) "
                                 "instead of a delta holding only the trained tensors",
                                 flag="--full-weights")
+
+    scheme: str = option("features", "distillation scheme: features (SPAR: MSE to the stored targets), "
+                                     "multires (the student sees the image rescaled by a random factor, "
+                                     "its features resized to the target grid; a single-pass store), "
+                                     "class_sim (MSE between class-similarity maps of student and "
+                                     "target; needs --class-queries); docs/SCHEMES.md", choices=SCHEMES)
+    rescale_min: float | None = option(None, "multires: smallest rescale factor (default 0.5)",
+                                       check=in_range(0.125, 4.0), kind=float)
+    rescale_max: float | None = option(None, "multires: largest rescale factor (default 1.5)",
+                                       check=in_range(0.125, 4.0), kind=float)
+    class_queries: str | None = option(None, "class_sim: the class list, a query file (`spar-fast "
+                                             "queries`), a class file, or class names separated by ';'",
+                                       kind=str)
+    class_form: str | None = option(None, "class_sim: compare softmax probabilities (default) or "
+                                          "scaled cosine similarities", choices=CLASS_FORMS, kind=str)
+    class_scale: float | None = option(None, "class_sim: logit scale applied to the cosines (default 40 "
+                                             "for softmax, 1 for cosine)", check=finite_above(0), kind=float)
     resume: bool = option(True, "start over even if the output directory holds a checkpoint", flag="--no-resume")
     progress: bool = option(True, "no progress bar", flag="--quiet")
 
@@ -73,6 +96,41 @@ class TrainConfig:
         if self.weights is not None:  # canonical spelling, checked (a file must exist)
             object.__setattr__(self, "weights", str(Weights.parse(self.weights)))
         check_fields(self)
+        self._check_scheme()
+
+    def _check_scheme(self) -> None:
+        """Scheme options only with their scheme; class_sim needs its class list; a valid range."""
+        for scheme, names in SCHEME_FIELDS.items():
+            given = [n for n in names if getattr(self, n) is not None]
+            if given and self.scheme != scheme:
+                flags = ", ".join("--" + n.replace("_", "-") for n in given)
+                raise UserError(f"{flags} apply only to --scheme {scheme} (the scheme is {self.scheme})")
+        if self.scheme == "class_sim" and not self.class_queries:
+            raise UserError("--scheme class_sim needs the class list: --class-queries FILE | 'name; name; ...'")
+        if self.scheme == "multires" and self.rescale[0] > self.rescale[1]:
+            raise UserError(f"rescale_min {self.rescale[0]} is above rescale_max {self.rescale[1]}")
+
+    @property
+    def rescale(self) -> tuple[float, float]:
+        """The multires factor range ``(min, max)`` with its defaults."""
+        return (self.rescale_min if self.rescale_min is not None else SCHEME_DEFAULTS["rescale_min"],
+                self.rescale_max if self.rescale_max is not None else SCHEME_DEFAULTS["rescale_max"])
+
+    @property
+    def class_settings(self) -> tuple[str, float]:
+        """The class_sim ``(form, scale)`` with their defaults."""
+        form = self.class_form or SCHEME_DEFAULTS["class_form"]
+        return form, self.class_scale if self.class_scale is not None else CLASS_SCALE_DEFAULT[form]
+
+    def scheme_record(self) -> dict:
+        """The scheme and its settings (defaults filled in), as recorded in the run."""
+        if self.scheme == "multires":
+            return {"scheme": "multires", "rescale": list(self.rescale)}
+        if self.scheme == "class_sim":
+            form, scale = self.class_settings
+            return {"scheme": "class_sim", "class_queries": self.class_queries, "class_form": form,
+                    "class_scale": scale}
+        return {"scheme": self.scheme}
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with ``changes`` (checked); an unknown name is a one-line error listing the
@@ -90,6 +148,8 @@ class TrainConfig:
         (processes x accumulation) fixes the global batch."""
         key = {name: getattr(self, name) for name in RESUME_FIELDS}
         key["chunks_per_step"] = world * self.accumulate
+        if self.scheme != "features":  # left out for SPAR, so runs saved before schemes resume
+            key.update(self.scheme_record())
         return key
 
 

@@ -1,7 +1,8 @@
 """One optimizer step of distillation, without host synchronization.
 
 :class:`TrainStep` is the step the trainer runs and ``benchmarks/bench_train_step.py`` times:
-set the lr, forward each chunk packed (frozen prefix without activations), MSE to the targets,
+set the lr, forward each chunk packed (frozen prefix without activations), MSE to the targets
+(or a Table 9 scheme's loss, ``train/schemes.py``),
 backward (scaled for fp16), sum gradients over processes, AdamW. Nothing in it waits for the
 device: the loss and the non-finite flags stay on the device and are read by the caller every
 few steps (:meth:`TrainStep.read`).
@@ -35,32 +36,39 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: fl
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def image_losses(features: list[torch.Tensor], targets: list[torch.Tensor], skip_nonfinite: bool):
+def image_losses(features: list[torch.Tensor], targets: list[torch.Tensor], skip_nonfinite: bool,
+                 loss_fn=None):
     """Per-image MSE over all elements (fp32) ``[N]`` and the mask ``[N]`` of images kept.
 
-    ``features``: ``[hi, wi, C]`` student outputs; ``targets``: the same shapes (any float dtype)."""
+    ``features``: ``[hi, wi, C]`` student outputs; ``targets``: the same shapes (any float dtype).
+    ``loss_fn(feature, target)``: a scheme's per-image loss (``train/schemes.py``) instead of the
+    MSE; its bad targets become zeros (finite gradients) and the caller masks their loss out."""
     losses, kept = [], []
     for f, t in zip(features, targets):
         f, t = f.float(), t.float()
         if skip_nonfinite:
             good = torch.isfinite(t).all()
-            t = torch.where(good, t, f.detach())  # a bad target gives zero loss and zero gradient
+            if loss_fn is None:
+                t = torch.where(good, t, f.detach())  # a bad target gives zero loss and zero gradient
+            else:
+                t = torch.where(good, t, torch.zeros_like(t))
             kept.append(good)
-        losses.append(F.mse_loss(f, t))
+        losses.append(F.mse_loss(f, t) if loss_fn is None else loss_fn(f, t))
     losses = torch.stack(losses)
     kept = torch.stack(kept) & torch.isfinite(losses) if skip_nonfinite else torch.isfinite(losses)
     return losses, kept
 
 
 def chunk_loss(bb, images, targets, first_block: int, n_global: int, precision: str,
-               skip_nonfinite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               skip_nonfinite: bool = False, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of the chunk's per-image MSEs / n_global, mask [N] of finite images)``.
 
-    ``images``: normalized ``[3, Hi, Wi]`` on the model's device; ``targets``: ``[hi, wi, C]``."""
+    ``images``: normalized ``[3, Hi, Wi]`` on the model's device; ``targets``: ``[hi, wi, C]``;
+    ``loss_fn``: a scheme's per-image loss (default: the MSE)."""
     device = images[0].device
     with autocast(device, precision):
         feats = bb.forward_packed(images, grad_from_block=first_block)
-    losses, kept = image_losses(feats, targets, skip_nonfinite)
+    losses, kept = image_losses(feats, targets, skip_nonfinite, loss_fn)
     if skip_nonfinite:
         losses = torch.where(kept, losses, torch.zeros_like(losses))
     return losses.sum() / n_global, kept
@@ -84,10 +92,10 @@ class TrainStep:
     """
 
     def __init__(self, bb, params, optimizer, scaler, first_block: int, precision: str, world: int = 1,
-                 skip_nonfinite: bool = False):
+                 skip_nonfinite: bool = False, loss_fn=None):
         self.bb, self.params, self.optimizer, self.scaler = bb, params, optimizer, scaler
         self.first_block, self.precision, self.world = first_block, precision, world
-        self.skip_nonfinite = skip_nonfinite
+        self.skip_nonfinite, self.loss_fn = skip_nonfinite, loss_fn
         self.losses: list[torch.Tensor] = []
         self.bad: list[torch.Tensor] = []
         self.skipped: list[torch.Tensor] = []
@@ -101,7 +109,7 @@ class TrainStep:
         dropped = torch.zeros((), device=device)
         for images, targets in chunks:
             part, kept = chunk_loss(self.bb, images, targets, self.first_block, n_global, self.precision,
-                                    self.skip_nonfinite)
+                                    self.skip_nonfinite, self.loss_fn)
             self.scaler.scale(part).backward()
             loss += part.detach()
             dropped += (~kept).sum()

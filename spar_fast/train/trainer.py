@@ -27,6 +27,7 @@ from .dist import barrier, init_from_env
 from .loader import StoreDataset, device_chunks, make_loader, prepare_chunk
 from .report import MetricsLog, plot_loss, write_summary
 from .sampler import PackingSampler
+from .schemes import ClassSimilarity, make_scheme
 from .step import TrainStep, make_optimizer, weights_finite
 from .unfreeze import apply_unfreeze
 
@@ -58,7 +59,7 @@ def _resume_state(run_dir: str, key: dict, resume: bool) -> dict | None:
     return state
 
 
-def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrides) -> str:
+def train(store: str, out_dir: str, config: TrainConfig | None = None, *, queries=None, **overrides) -> str:
     """Distill the store's teacher features into a student; returns the final weights path.
 
     ``store``: a feature store directory (its config names the backbone and weights, which
@@ -67,7 +68,9 @@ def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrid
     ``train(store, out, epochs=2, weights="random:0")``. Writes ``out_dir/{final.safetensors,
     trainer_state.json, metrics.jsonl, loss.png, summary.json}``. Under torchrun every process
     runs this; each takes ``accumulate`` chunks of every global step. Data and loop options
-    (``log_every``, ``skip_nonfinite``, ``decode``, ``loader_stage``): docs/DATAPATH.md."""
+    (``log_every``, ``skip_nonfinite``, ``decode``, ``loader_stage``): docs/DATAPATH.md.
+    ``queries``: ``(queries [Q, D], query_to_class [Q])`` of ``scheme="class_sim"`` (the jobs
+    ``spar_fast.distill`` / ``jobs.distill.train_run`` read them from ``class_queries``)."""
     cfg = make_config(config, **overrides)
     if not os.path.isdir(store):
         raise UserError(f"feature store {store} does not exist")
@@ -75,7 +78,7 @@ def train(store: str, out_dir: str, config: TrainConfig | None = None, **overrid
     rank, world, device, created = init_from_env(cfg.device)
     try:
         with ckpt.run_lock(out_dir, writer=rank == 0):
-            return _run(rank, world, device, store, out_dir, cfg)
+            return _run(rank, world, device, store, out_dir, cfg, queries)
     finally:
         if created:
             torch.distributed.destroy_process_group()
@@ -93,7 +96,7 @@ def _store_weights(store: str, store_cfg: StoreConfig) -> str:
                         "pass --weights hub|random[:SEED]|PATH") from None
 
 
-def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str:
+def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig, queries=None) -> str:
     """:func:`train` in process ``rank`` of ``world`` on ``device``: settle the config against
     the store and a saved run, then train (or return the finished run's weights)."""
     from ..store import FeatureStore
@@ -104,6 +107,8 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
     store_cfg = FeatureStore(store, partial=cfg.allow_partial).config
     cfg = cfg.replace(backbone=cfg.backbone or store_cfg.backbone, precision=precision,
                       weights=cfg.weights or _store_weights(store, store_cfg))
+    if cfg.scheme == "multires" or (cfg.scheme == "features" and store_cfg.teacher == "single"):
+        make_scheme(cfg, store_cfg.patch_size, store_cfg.feature_dim, store_cfg.teacher, queries)  # refuse early
     os.makedirs(out_dir, exist_ok=True)
     state = _resume_state(out_dir, cfg.resume_key(world), cfg.resume)
     if state is not None and state.get("done") and state["epoch"] >= cfg.epochs:
@@ -113,7 +118,7 @@ def _run(rank, world, device, store: str, out_dir: str, cfg: TrainConfig) -> str
                 "skipped_images": state.get("skipped_images", 0), "skip_nonfinite": cfg.skip_nonfinite,
                 "decode": store_cfg.decode, "loader_stage": cfg.loader_stage})
         return state["weights"]
-    run = _Run(rank, world, device, store, store_cfg, out_dir, cfg)
+    run = _Run(rank, world, device, store, store_cfg, out_dir, cfg, queries)
     if state is not None:
         run.restore(state)
     return run.loop()
@@ -139,7 +144,7 @@ class _Run:
     epoch plans, and the host-side record of steps whose device values are not read yet."""
 
     def __init__(self, rank, world, device, store: str, store_cfg: StoreConfig, out_dir: str,
-                 cfg: TrainConfig):
+                 cfg: TrainConfig, queries=None):
         from ..backbones import Backbone
 
         self.rank, self.world, self.device, self.out_dir, self.cfg = rank, world, device, out_dir, cfg
@@ -154,8 +159,12 @@ class _Run:
         self.params = [named[n] for n in trainable.names]
         self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.scheme = scheme = make_scheme(cfg, int(bb.patch_size), int(bb.feature_dim), store_cfg.teacher, queries)
+        if isinstance(scheme, ClassSimilarity):
+            scheme.to(device)
         self.step_fn = TrainStep(bb, self.params, self.optimizer, self.scaler, trainable.first_block,
-                                 cfg.precision, world, cfg.skip_nonfinite)
+                                 cfg.precision, world, cfg.skip_nonfinite,
+                                 scheme.loss if scheme is not None else None)
         self.stage = cfg.loader_stage or ("device" if device.type == "cuda" else "cpu")
         decode = training_decode(store_cfg.decode, cfg.decode, device, store_cfg.decode_version)
         self.dataset = StoreDataset(store, bb.mean, bb.std, decode=decode, stage=self.stage,
@@ -200,7 +209,8 @@ class _Run:
                 "steps": self.global_step, "steps_this_run": steps_run,
                 "seconds_this_run": time.perf_counter() - run_start, "skipped_images": self.skipped,
                 "skip_nonfinite": cfg.skip_nonfinite, "decode": self.dataset.decode,
-                "loader_stage": self.stage})
+                "loader_stage": self.stage, **cfg.scheme_record(),
+                **({"class_count": self.scheme.num_classes} if cfg.scheme == "class_sim" else {})})
         if self.skipped:
             warnings.warn(f"{self.skipped} image(s) with non-finite targets or loss were skipped "
                           f"(see {os.path.join(self.out_dir, 'summary.json')})", stacklevel=3)
@@ -218,7 +228,10 @@ class _Run:
             n_global = sum(len(c) for c in step)
             lr_now = lr_at(cfg, self.global_step, self.total)
             mine = self.sampler.rank_chunks(step, self.rank)
-            self.step_fn((next(chunks)[:2] for _ in mine), n_global, lr_now)
+            if self.scheme is None:
+                self.step_fn((next(chunks)[:2] for _ in mine), n_global, lr_now)
+            else:
+                self.step_fn((self.scheme.inputs(*next(chunks), self.epoch) for _ in mine), n_global, lr_now)
             self.pending.append({"step": self.global_step + 1, "epoch": self.epoch, "lr": lr_now,
                                  "images": n_global,
                                  "tokens": sum(self.sampler.tokens[i] for c in step for i in c),
