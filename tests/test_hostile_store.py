@@ -74,6 +74,8 @@ STORE_JSON = [
     ("stride_bool", _config(lambda d: d.__setitem__("stride", True))),
     ("mean_number", _config(lambda d: d.__setitem__("mean", 0.5))),
     ("dtype_unknown", _config(lambda d: d.__setitem__("dtype", "int4"))),
+    ("teacher_unknown", _config(lambda d: d.__setitem__("teacher", "oracle"))),
+    ("teacher_number", _config(lambda d: d.__setitem__("teacher", 1))),
     ("format_1_over_format_2", _config(lambda d: d.__setitem__("format", "spar_fast.store/1"))),
     ("duplicate_key", lambda s: (s / "store.json").write_text(
         (s / "store.json").read_text().replace('"seed": 0', '"seed": 0, "seed": 1'))),

@@ -169,6 +169,7 @@ class StoreConfig:
             if not 0 < scale <= 64:
                 raise f.bad("augment_scale", "a number in (0, 64]")
             values["augment_scale"] = scale
+        values["teacher"] = f.str("teacher", optional=True, choices=TEACHERS) or "sliding"
         return cls(**values, extra={k: v for k, v in d.items() if k not in known})
 
     @classmethod
