@@ -171,9 +171,9 @@ def test_settings_and_gamma_defaults():
         LpossSettings(affinity="clip")
     with pytest.raises(UserError, match="refine"):
         segment(FakeBackbone(), _image(16, 16), CLASSES, refine="crf")
-    assert default_gamma("single", "file:/ck.safetensors:1:2") == 10.0
-    assert default_gamma("slide", "file:/ck.safetensors:1:2") == 1.0
-    assert default_gamma("single", "hub") == default_gamma("single", None) == 1.0
+    assert default_gamma("single", True) == 10.0
+    assert default_gamma("slide", True) == 1.0
+    assert default_gamma("single", False) == 1.0
     assert lposs.REFINES == ("lposs", "lposs+")
 
 
@@ -225,3 +225,20 @@ def test_slide_nodes_are_all_windows_patches_at_their_image_centres(monkeypatch)
     origins = [(y, x) for y in (0, 8) for x in (0, 16, 24)]
     want = torch.tensor([[y + 4 + 8 * i, x + 4 + 8 * j] for y, x in origins for i in range(4) for j in range(4)])
     assert torch.equal(seen["centres"], want.float())
+
+
+def test_distilled_flag_follows_the_file(tmp_path):
+    """gamma 10 only for students: a trainer-written file (metadata ``global_step``) or a .ckpt,
+    not a pretrained model saved to a local file."""
+    from spar_fast.backbones import Backbone
+    from spar_fast.backbones.weights import is_student_file, save_weights
+
+    bb = Backbone.from_pretrained("siglip2-tiny", weights="random:1")
+    assert not bb.distilled
+    plain, student = tmp_path / "plain.safetensors", tmp_path / "student.safetensors"
+    save_weights(bb.model, str(plain))
+    save_weights(bb.model, str(student), metadata={"global_step": "7"})
+    assert not is_student_file(str(plain)) and is_student_file(str(student))
+    assert not Backbone.from_pretrained("siglip2-tiny", weights=str(plain)).distilled
+    assert Backbone.from_pretrained("siglip2-tiny", weights=str(student)).distilled
+    assert is_student_file(str(tmp_path / "x.ckpt"))

@@ -78,6 +78,9 @@ class Backbone(nn.Module):
         self._tokenizer = None
         self.weights_id = None  # set by from_pretrained: which weights (Weights.identity())
         self.delta = None  # set by from_pretrained for a delta student (delta.DeltaInfo)
+        # a distilled student (a spar_fast trainer output or an official SPAR .ckpt): LPOSS's
+        # paper gamma depends on it (segmentation.lposs.default_gamma)
+        self.distilled = False
         self.family = tower.family
         self.name = name or (registry.spar_name(open_clip_name) if open_clip_name else None) or open_clip_name
         self.patch_size = tower.patch_size
@@ -137,6 +140,7 @@ class Backbone(nn.Module):
             bb = cls.from_pretrained(name, weights=base_weights, trusted=trusted, max_patches=max_patches)
             deltas.apply_delta(bb.model, chosen.path, backbone=name, meta=meta, given=str(base_weights))
             bb.delta = deltas.DeltaInfo(meta, tuple(deltas.read_delta_names(chosen.path)))
+            bb.distilled = True
             bb.weights_id = chosen.identity()
             return bb.to(device) if device is not None else bb
         return cls._from_weights(name or "siglip2-b16-512", chosen, device, trusted, max_patches)
@@ -181,6 +185,10 @@ class Backbone(nn.Module):
             model.to(device)
         bb = cls(model, name=name if name in registry.KNOWN else None, open_clip_name=entry.open_clip_name)
         bb.weights_id = chosen.identity()
+        if chosen.kind == "file":
+            from .weights import is_student_file
+
+            bb.distilled = is_student_file(chosen.path)
         if max_patches != "default":
             bb.set_max_patches(max_patches)
         return bb

@@ -171,3 +171,21 @@ def save_weights(model: nn.Module, path: str, metadata: dict[str, str] | None = 
 
     state = full_state_dict(model)
     atomic_write_with(os.fspath(path), lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def is_student_file(path: str) -> bool:
+    """Whether the checkpoint at ``path`` is a distilled student: an official SPAR Lightning
+    ``.ckpt``, or a ``.safetensors`` written by spar_fast's trainer (its metadata records
+    ``global_step``; a delta student always does). A pretrained backbone saved to a file is not."""
+    path = os.fspath(path)
+    if path.endswith(".ckpt"):
+        return True
+    if not path.endswith(".safetensors"):
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return "global_step" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable here: loading it reports the problem
+        return False

@@ -74,10 +74,10 @@ class LpossSettings:
         check_fields(self)
 
 
-def default_gamma(mode: str, weights_id: str | None) -> float:
-    """The paper's gamma: 10 for the single pass of a distilled checkpoint (weights from a file),
-    1 for hub / random / unknown weights and for the sliding window."""
-    distilled = str(weights_id or "").startswith("file:")
+def default_gamma(mode: str, distilled: bool) -> float:
+    """The paper's gamma: 10 for the single pass of a distilled student (``bb.distilled``: a
+    spar_fast student or an official SPAR ``.ckpt``), 1 for every other backbone (hub, random, a
+    pretrained model from a local file) and for the sliding window."""
     return GAMMA_DISTILLED_SINGLE if mode == "single" and distilled else GAMMA_DEFAULT
 
 
@@ -93,7 +93,7 @@ def lposs_logits(bb, image: torch.Tensor, queries: torch.Tensor, refine: str, mo
     if stride <= 0:
         raise UserError(f"stride must be a positive number of pixels, got {stride}")
     s = settings if settings is not None else LpossSettings()
-    gamma = s.gamma if s.gamma is not None else default_gamma(mode, getattr(bb, "weights_id", None))
+    gamma = s.gamma if s.gamma is not None else default_gamma(mode, bool(getattr(bb, "distilled", False)))
     _, H, W = image.shape
     boxes = _windows(bb, H, W, mode, stride)
     feats, aff, patch = _features(bb, image, boxes, s, amp)
