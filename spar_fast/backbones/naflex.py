@@ -28,7 +28,7 @@ from ..errors import UserError
 from .layers import residual_add
 from .naflex_input import budget_hw, image_budget, resize_to_budget
 from .packing import Packing, patchify
-from .siglip2 import SigLIP2Tower
+from .siglip2 import SigLIP2Tower, block_problems
 
 
 def is_naflex(model: nn.Module) -> bool:
@@ -130,8 +130,6 @@ class NaFlexTower(SigLIP2Tower):
 def _validate(trunk: nn.Module) -> None:
     """Reject NaFlex variants this forward does not implement (one-line UserError)."""
     from timm.layers import AttentionPoolLatent
-    from timm.layers.attention import Attention
-    from timm.models.vision_transformer import Block
 
     e = trunk.embeds
     problems = []
@@ -152,10 +150,6 @@ def _validate(trunk: nn.Module) -> None:
         problems.append("attention pool with its own position embedding")
     if not isinstance(trunk.fc_norm, nn.Identity):
         problems.append("a norm after the pool (fc_norm)")
-    for i, b in enumerate(trunk.blocks):
-        if type(b) is not Block or type(b.attn) is not Attention:
-            problems.append(f"block {i} is {type(b).__name__}/{type(b.attn).__name__}, not timm Block/Attention")
-        elif getattr(b.attn, "gate", None) is not None or b.attn.attn_drop.p > 0:
-            problems.append(f"block {i} attention has a gate or attention dropout")
+    problems += block_problems(trunk.blocks)
     if problems:
         raise UserError(f"unsupported NaFlex trunk ({trunk.__class__.__name__}): {'; '.join(problems[:3])}")

@@ -123,11 +123,24 @@ class SigLIP2Tower:
         return unpack_grids(self.head(x), packing.grids)
 
 
+
+def block_problems(blocks) -> list[str]:
+    """Why timm ``blocks`` are not plain ``Block``/``Attention`` pairs this tower can run (no
+    attention gate, no attention dropout): one string per unsupported block, empty when fine."""
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block
+
+    problems = []
+    for i, b in enumerate(blocks):
+        if type(b) is not Block or type(b.attn) is not Attention:
+            problems.append(f"block {i} is {type(b).__name__}/{type(b.attn).__name__}, not timm Block/Attention")
+        elif getattr(b.attn, "gate", None) is not None or b.attn.attn_drop.p > 0:
+            problems.append(f"block {i} attention has a gate or attention dropout")
+    return problems
+
 def _validate(trunk: nn.Module) -> None:
     """Reject trunk variants this forward does not implement (one-line UserError)."""
     from timm.layers import AttentionPoolLatent
-    from timm.layers.attention import Attention
-    from timm.models.vision_transformer import Block
 
     problems = []
     if getattr(trunk, "num_prefix_tokens", 0) != 0:
@@ -141,10 +154,6 @@ def _validate(trunk: nn.Module) -> None:
     proj = trunk.patch_embed.proj
     if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride or proj.kernel_size[0] != proj.kernel_size[1]:
         problems.append("patch embedding is not a square stride-P convolution")
-    for i, b in enumerate(trunk.blocks):
-        if type(b) is not Block or type(b.attn) is not Attention:
-            problems.append(f"block {i} is {type(b).__name__}/{type(b.attn).__name__}, not timm Block/Attention")
-        elif getattr(b.attn, "gate", None) is not None or b.attn.attn_drop.p > 0:
-            problems.append(f"block {i} attention has a gate or attention dropout")
+    problems += block_problems(trunk.blocks)
     if problems:
         raise UserError(f"unsupported SigLIP2 trunk ({trunk.__class__.__name__}): {'; '.join(problems[:3])}")
