@@ -160,7 +160,8 @@ def test_run_outputs_and_checkpoint_loads_into_open_clip(tiny, tmp_path):
     assert os.path.getmtime(final) == mtime
 
 
-@pytest.mark.parametrize("unfreeze, first", [("blk_-1", 2), ("posembed,blk_-1", 0), ("attn_pool_kv", 3)])
+@pytest.mark.parametrize("unfreeze, first", [("blk_-1", 2), ("posembed,blk_-1", 0), ("attn_pool_kv", 3),
+                                             ("head", 3), ("blk_-1,head", 2)])
 def test_frozen_prefix_runs_without_grad(tiny, tmp_path, monkeypatch, unfreeze, first):
     store, _ = tiny
     seen = []
@@ -174,6 +175,22 @@ def test_frozen_prefix_runs_without_grad(tiny, tmp_path, monkeypatch, unfreeze, 
     train(store, str(tmp_path / "run"), epochs=1, unfreeze=unfreeze, tokens_per_step=10**6,
           device="cpu", workers=0, progress=False)
     assert seen == [first]
+
+
+def test_head_token_trains_the_dense_head_only(tiny, tmp_path):
+    """``unfreeze="head"``: the student differs from its init exactly in the dense head."""
+    from spar_fast.train.unfreeze import resolve_unfreeze
+
+    store, init = tiny
+    final = train(store, str(tmp_path / "run"), epochs=1, unfreeze="head", lr=1e-3, device="cpu",
+                  workers=0, progress=False)
+    base = Backbone.from_pretrained("siglip2-tiny", weights=init)
+    student = Backbone.from_pretrained("siglip2-tiny", weights=final)
+    head = set(resolve_unfreeze("head", base).names)
+    assert set(student.delta.names) == head
+    before, after = dict(base.model.named_parameters()), dict(student.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and changed <= head
 
 
 def test_bad_input_is_user_error(tiny, tmp_path):

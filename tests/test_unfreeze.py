@@ -52,6 +52,17 @@ def test_embeddings_head_and_all(bb):
         assert patch.names == ["visual.conv1.weight"]
         with pytest.raises(UserError, match="only for SigLIP2"):
             resolve_unfreeze("attn_pool_kv", bb)
+    head = resolve_unfreeze("head", bb)
+    assert head.first_block == bb.num_blocks  # only parameters after the last block
+    if bb.family == "siglip2":
+        assert head.names == [f"visual.trunk.{n}" for n in (
+            "norm.weight", "norm.bias", "attn_pool.kv.weight", "attn_pool.kv.bias", "attn_pool.proj.weight",
+            "attn_pool.proj.bias", "attn_pool.norm.weight", "attn_pool.norm.bias", "attn_pool.mlp.fc1.weight",
+            "attn_pool.mlp.fc1.bias", "attn_pool.mlp.fc2.weight", "attn_pool.mlp.fc2.bias")]
+    else:
+        assert head.names == ["visual.proj", "visual.ln_post.weight", "visual.ln_post.bias"]
+    both = resolve_unfreeze("blk_-1,head", bb)
+    assert both.first_block == bb.num_blocks - 1 and set(head.names) < set(both.names)
     everything = resolve_unfreeze("all", bb)
     assert everything.names == [n for n in _names(bb) if n.startswith("visual.")]
     assert everything.first_block == 0

@@ -13,11 +13,16 @@ An unfreeze string is a comma list of:
 * ``patchembed`` — SigLIP2 ``trunk.patch_embed.*``, OpenCLIP ``conv1.*``, DINOv3.txt
   ``visual_model.backbone.patch_embed.*``;
 * ``attn_pool_kv`` — SigLIP2 only: ``trunk.attn_pool.kv.*`` (its value half feeds the dense head);
+* ``head`` — the dense head after the last block, as the dense path uses it: SigLIP2 / NaFlex
+  ``trunk.norm`` and the ``attn_pool`` value path (``kv``, ``proj``, ``norm``, ``mlp``; not the
+  pooling query, which the dense path never uses), OpenCLIP ``ln_post`` and ``proj``; not for
+  DINOv3.txt. Not in SPAR's recipe (its default leaves the head frozen); offered because a small
+  backbone may need it (docs/WORLD.md, "Second round");
 * ``all`` — every parameter of the visual tower (DINOv3.txt: ``visual_model.*``; the reference
   also marks the text tower, which gets no gradient from the dense loss).
 
 Only the listed parameters train; the dense head (SigLIP2 ``attn_pool``, OpenCLIP
-``ln_post``/``proj``) stays frozen unless named (``all`` or ``attn_pool_kv``).
+``ln_post``/``proj``) stays frozen unless named (``all``, ``head`` or ``attn_pool_kv``).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-VALID_FORMS = "blk_i, qkv_i, mlp_i (i an integer, negative from the end), posembed, patchembed, attn_pool_kv, all"
+VALID_FORMS = ("blk_i, qkv_i, mlp_i (i an integer, negative from the end), posembed, patchembed, attn_pool_kv, "
+               "head, all")
 
 # Substrings of a parameter name (relative to the visual tower) per family.
 _PARTS = {
@@ -38,6 +44,10 @@ _PARTS = {
                  "patchembed": "conv1."},
     "dinov3txt": {"qkv": "attn.qkv.", "mlp": "mlp.", "patchembed": "backbone.patch_embed."},
 }
+_SIGLIP_HEAD = ("trunk.norm.", "trunk.attn_pool.kv.", "trunk.attn_pool.proj.", "trunk.attn_pool.norm.",
+                "trunk.attn_pool.mlp.")
+# Name prefixes of the dense head (``head``) per family.
+_HEAD = {"siglip2": _SIGLIP_HEAD, "naflex": _SIGLIP_HEAD, "openclip": ("ln_post.", "proj")}
 # Tokens a family refuses, with the reason.
 _REFUSED = {("dinov3txt", "posembed"): "DINOv3.txt encodes positions with RoPE, which has no parameters"}
 _BLOCK_TOKEN = re.compile(r"^(blk|qkv|mlp)_(-?\d+)$")
@@ -89,6 +99,10 @@ def resolve_unfreeze(spec: str, bb) -> Trainable:
             first_block = min(first_block, index)
         elif token == "all":
             names, first_block = visual_names, 0
+        elif token == "head":
+            if bb.family not in _HEAD:
+                raise UserError(f"unfreeze 'head' exists for SigLIP2, NaFlex and OpenCLIP backbones, not {bb.family}")
+            names = [n for n in visual_names if n[len(vis):].startswith(_HEAD[bb.family])]
         elif token in ("posembed", "patchembed", "attn_pool_kv"):
             if (bb.family, token) in _REFUSED:
                 raise UserError(f"unfreeze {token!r}: {_REFUSED[bb.family, token]}")
