@@ -16,14 +16,9 @@ from spar_fast.backbones import registry
 from spar_fast.backbones.reference import dense_reference
 from spar_fast.errors import UserError
 
+from feature_checks import assert_features_close
+
 torch.set_num_threads(2)
-
-
-def assert_features_close(out, ref, rel):
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    scale = ref.abs().max().item()
-    err = (out - ref).abs().max().item()
-    assert err <= rel * scale, f"max error {err:.3g} > {rel} * {scale:.3g}"
 
 
 @pytest.fixture(scope="module")

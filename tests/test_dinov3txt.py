@@ -26,16 +26,16 @@ from spar_fast.errors import UserError
 from spar_fast.teacher.reference import teacher_features_reference
 from spar_fast.train.unfreeze import resolve_unfreeze
 
-torch.set_num_threads(2)
-NAME = "dinov3txt-tiny"
-SIZES = [(50, 83), (16, 16), (96, 33), (64, 64), (17, 144)]
+from feature_checks import assert_features_close
 
 
 def close(a, b, rel=2e-5):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    scale = max(b.abs().max().item(), 1e-12)
-    err = (a - b).abs().max().item()
-    assert err <= rel * scale, f"max error {err:.3g} > {rel} * {scale:.3g}"
+    assert_features_close(a, b, rel)
+
+
+torch.set_num_threads(2)
+NAME = "dinov3txt-tiny"
+SIZES = [(50, 83), (16, 16), (96, 33), (64, 64), (17, 144)]
 
 
 def perturbed(bb):

@@ -19,14 +19,9 @@ from spar_fast.backbones.naflex_input import budget_hw, resize_to_budget
 from spar_fast.backbones.reference import dense_reference
 from spar_fast.errors import UserError
 
+from feature_checks import assert_features_close
+
 torch.set_num_threads(2)
-
-
-def assert_close(out, ref, rel):
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    scale = ref.abs().max().item()
-    err = (out - ref).abs().max().item()
-    assert err <= rel * scale, f"max error {err:.3g} > {rel} * {scale:.3g}"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def test_dense_matches_reference(tiny, size, budget):
         with torch.no_grad():
             out = sf.dense_features(tiny, image)
             ref = dense_reference(tiny, image)
-        assert_close(out, ref, 2e-5)
+        assert_features_close(out, ref, 2e-5)
     finally:
         tiny.set_max_patches(16)
 
@@ -124,8 +119,8 @@ def test_pooled_output_equals_timm_forward(tiny):
             pooled = trunk.attn_pool(_tokens(tiny, images))
             resized = F.interpolate(images, size=tiny._tower.input_hw(*size), mode="bilinear",
                                     align_corners=False, antialias=True)
-            assert_close(pooled, trunk(resized), 2e-5)
-            assert_close(pooled, trunk.forward_head(trunk.forward_features(resized)), 2e-5)
+            assert_features_close(pooled, trunk(resized), 2e-5)
+            assert_features_close(pooled, trunk.forward_head(trunk.forward_features(resized)), 2e-5)
 
 
 def test_packed_pooled_equals_timm_naflex_mode(tiny):
@@ -153,7 +148,7 @@ def test_packed_pooled_equals_timm_naflex_mode(tiny):
             coord[b, :h * w] = torch.stack([ys.flatten(), xs.flatten()], -1)
             valid[b, :h * w] = True
         theirs = trunk(patches, patch_coord=coord, patch_valid=valid)
-    assert_close(ours, theirs, 2e-5)
+    assert_features_close(ours, theirs, 2e-5)
 
 
 def test_packed_equals_batched(tiny):
@@ -161,7 +156,7 @@ def test_packed_equals_batched(tiny):
     with torch.no_grad():
         packed = sf.dense_features(tiny, images)
         for img, out in zip(images, packed):
-            assert_close(out, sf.dense_features(tiny, img), 2e-5)
+            assert_features_close(out, sf.dense_features(tiny, img), 2e-5)
 
 
 def test_unfreeze_parts(tiny):
@@ -193,9 +188,9 @@ def test_b16_random_init_matches_timm():
     with torch.no_grad():
         out = sf.dense_features(bb, image)
         assert out.shape == (13, 19, 768)  # 13 * 19 = 247 <= 256
-        assert_close(out, dense_reference(bb, image), 1e-4)
+        assert_features_close(out, dense_reference(bb, image), 1e-4)
         resized = F.interpolate(image[None], size=(208, 304), mode="bilinear", align_corners=False, antialias=True)
-        assert_close(trunk.attn_pool(_tokens(bb, image[None])), trunk(resized), 1e-4)
+        assert_features_close(trunk.attn_pool(_tokens(bb, image[None])), trunk(resized), 1e-4)
 
 
 def test_from_open_clip_and_raw_config_name():
