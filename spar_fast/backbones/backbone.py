@@ -272,6 +272,20 @@ class Backbone(nn.Module):
             x = tower.run_block(i, x, sdpa_attend)
         return tower.finish(x, grid)
 
+    def block_tokens(self, images: torch.Tensor, blocks: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The patch tokens after the first ``blocks`` blocks (no dense head):
+        ``[B, 3, H, W]`` (normalized) -> ``([B, h * w, C] row-major, (h, w))``.
+
+        Families whose embedding adds prefix tokens (class / register tokens) drop them here."""
+        self._check_images(images, batched=True)
+        if not 0 <= blocks <= self.num_blocks:
+            raise UserError(f"blocks must be in [0, {self.num_blocks}], got {blocks}")
+        tower = self._tower
+        x, grid = tower.embed(images)
+        for i in range(blocks):
+            x = tower.run_block(i, x, sdpa_attend)
+        return x[:, x.shape[1] - grid[0] * grid[1]:], grid
+
     def forward_packed(self, images: list[torch.Tensor], grad_from_block: int = 0) -> list[torch.Tensor]:
         """Images ``[3, Hi, Wi]`` of any sizes -> list of ``[hi, wi, C]``, as one packed sequence.
 

@@ -8,7 +8,7 @@ tokenizer that needs the hub), so tests run the real code paths of each family i
 * ``siglip2-tiny``: a timm SigLIP-style trunk (no class token, ``attn_pool`` 'map'), patch 16,
   native 64, width 64, 2 heads, 3 blocks; a tiny text tower with the OpenCLIP BPE tokenizer.
 * ``world-s16``: the trunk of the synthetic world's backbone (:mod:`spar_fast.world`), patch 16,
-  native 128, width 96, 3 heads, 6 blocks, so the paper's geometry (P = 16, s = 24, r = 2) holds.
+  native 128, width 64, 2 heads, 4 blocks, so the paper's geometry (P = 16, s = 24, r = 2) holds.
 * ``openclip-tiny``: an open_clip ``VisionTransformer``, patch 16, native 48, width 64, 2 heads,
   3 blocks, output 32; a tiny text tower.
 

@@ -1,7 +1,7 @@
 """The offline demo: SPAR on the synthetic world, where the gain is real and measured.
 
 Used by ``spar-fast demo`` when the hub weights cannot be loaded. The world backbone (pretrained
-at 128 px only, cached) is distilled on unlabelled world images (last 2 blocks), then the
+at 128 px only, cached) is distilled on unlabelled world images (last 2 blocks + dense head), then the
 pretrained single pass, the sliding-window teacher (stride 24) and the SPAR student are scored on
 held-out scenes at 1x, 2x and 4x the native side, and one 512 px scene is drawn as panels:
 image | ground truth | single pass | teacher | SPAR student, and their features on the teacher's
@@ -20,11 +20,11 @@ from ..atomic import atomic_write
 from ..train.config import TrainConfig
 from ..world.backbone import world_backbone
 from ..world.dataset import WorldLayout, val_split, write_world
-from .world_paper import distill_world, evaluate_split
+from .world_paper import DEFAULT_UNFREEZE, distill_world, evaluate_split
 
 DEMO_LAYOUT = WorldLayout(val_sides=(128, 256, 512), val_pixels=6 * 512 * 512, unlabelled_count=120)
 DEMO_TRAIN = TrainConfig(epochs=4, lr=1e-4)
-UNFREEZE = "blk_-1,blk_-2"
+UNFREEZE = DEFAULT_UNFREEZE
 REPORT = "report.json"
 
 

@@ -9,6 +9,13 @@ size exactly as ``spar_fast.segment`` runs it, and its embeddings become a query
 
 Training crops are native-size (``bb.window``) windows cut from a pool of larger scenes rendered
 once, with random flips; every random choice comes from ``seed``.
+
+The head and the last blocks see the native size only, as a CLIP model's do. The first
+``aux_blocks`` blocks also learn at every size: each step adds the cross-entropy of a linear
+classifier on their tokens for a crop of a random side in ``aux_sides``. Without that phase the
+single pass's loss at large sizes is spread over every block, and a student that trains only
+the last blocks inherits damaged tokens from the frozen ones (docs/WORLD.md, "Second round"):
+large real models behave the same way, their early layers are local and size-agnostic.
 """
 from __future__ import annotations
 
@@ -27,10 +34,11 @@ from .scenes import CLASSES, IGNORE, render_scene
 @dataclass(frozen=True)
 class Phase:
     """``steps`` of AdamW (fresh state) at peak ``lr`` with a cosine decay to 0, the loss
-    ``cross-entropy + span_weight * off_span_energy``."""
+    ``cross-entropy + span_weight * off_span_energy + norm_weight * norm_spread``."""
     steps: int
     lr: float
     span_weight: float = 0.0
+    norm_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -40,13 +48,16 @@ class PretrainConfig:
     Two phases: the segmentation objective alone, then with :func:`off_span_energy` at a lower
     learning rate (the term from the start stalls learning: native mIoU 35 instead of 70)."""
     backbone: str = "world-s16"
-    phases: tuple[Phase, ...] = (Phase(600, 2e-3), Phase(200, 5e-4, 1.0))
+    phases: tuple[Phase, ...] = (Phase(600, 2e-3), Phase(200, 5e-4, 1.0, 1.0))
     batch: int = 64
     weight_decay: float = 0.05
     warmup: int = 100
-    logit_scale: float = 40.0
+    logit_scale: float = 10.0
     pool_scenes: int = 48
     pool_side: int = 512
+    aux_blocks: int = 2
+    aux_sides: tuple[int, int] = (192, 512)
+    aux_batch: int = 2
     seed: int = 0
 
     @property
@@ -107,6 +118,31 @@ def off_span_energy(feats: torch.Tensor, embeddings: torch.Tensor) -> torch.Tens
     return (1.0 - inside.pow(2).sum(-1)).mean()
 
 
+def aux_loss(bb, classifier: torch.nn.Linear, images, labels, cfg: PretrainConfig,
+             gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of ``classifier`` (``C -> K``) on the tokens after the first
+    ``cfg.aux_blocks`` blocks, for ``cfg.aux_batch`` crops of one random side (a multiple of
+    the patch size in ``cfg.aux_sides``) -> scalar."""
+    p = bb.patch_size
+    lo, hi = cfg.aux_sides[0] // p, cfg.aux_sides[1] // p
+    side = int(torch.randint(lo, hi + 1, (1,), generator=gen)) * p
+    x, y = _batch(images, labels, side, cfg.aux_batch, gen, bb.mean, bb.std)
+    tokens, (h, w) = bb.block_tokens(x, cfg.aux_blocks)
+    logits = classifier(tokens).reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(logits, y, ignore_index=IGNORE)
+
+
+def norm_spread(feats: torch.Tensor) -> torch.Tensor:
+    """Mean squared log-norm of the features ``[B, h, w, C]`` (0: every feature has norm 1) -> scalar.
+
+    The head compares directions only, so without it the norms are free, and the classes the
+    model finds hard ended up with features 2.5x shorter than the easy ones: feature regression
+    (an MSE) then weights their direction errors ~6x less, and a student fits the easy classes
+    and leaves the hard ones -- the ones the single pass gets wrong -- as they were."""
+    return torch.log(feats.norm(dim=-1).clamp_min(1e-6)).pow(2).mean()
+
+
 def pretrain(bb, cfg: PretrainConfig, progress: bool = True, log=print) -> torch.Tensor:
     """Train ``bb`` (a random-init world backbone, modified in place) on native-size crops.
 
@@ -119,6 +155,11 @@ def pretrain(bb, cfg: PretrainConfig, progress: bool = True, log=print) -> torch
     model.train()
     embeddings = torch.nn.Parameter(torch.randn(len(CLASSES), bb.feature_dim, generator=gen))
     params = [p for p in model.parameters()] + [embeddings]
+    classifier = None
+    if cfg.aux_blocks:
+        width = bb.block_tokens(torch.zeros(1, 3, bb.patch_size, bb.patch_size), 0)[0].shape[-1]
+        classifier = torch.nn.Linear(width, len(CLASSES))
+        params += list(classifier.parameters())
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -135,6 +176,10 @@ def pretrain(bb, cfg: PretrainConfig, progress: bool = True, log=print) -> torch
             loss = segmentation_loss(feats, embeddings, y, cfg.logit_scale)
             if phase.span_weight:
                 loss = loss + phase.span_weight * off_span_energy(feats, embeddings)
+            if phase.norm_weight:
+                loss = loss + phase.norm_weight * norm_spread(feats)
+            if classifier is not None:
+                loss = loss + aux_loss(bb, classifier, images, labels, cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

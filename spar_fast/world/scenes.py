@@ -7,7 +7,10 @@ textures of :data:`CLASSES`, a brightness pattern of random contrast and sign ov
 base colour, at a random period, angle and phase:
 colour says nothing about the class, and a single 16-pixel patch sees about one period, so the
 class needs the context of neighbouring patches (stripes and the flanks of rings look alike
-locally). The background (label 0) is a smooth random colour gradient with mild noise.
+locally). Objects span several patches (radius 36-80 px against the 16 px patch), so the
+stride-24 stitch of SPEC §2 (upsample by r = 2, average) does not blur their features: with
+radius 18-40 it did, and a student fitting those targets lost to the single pass
+(docs/WORLD.md, "Second round"). The background (label 0) is a smooth random colour gradient with mild noise.
 
 Labels are ``uint8 [H, W]``: the class index, 255 on a one-pixel band along object outlines
 (pixels whose class is ambiguous after antialiasing).
@@ -17,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 CLASSES = ("background", "stripes", "checker", "dots", "rings")
-RADIUS = (18.0, 40.0)          # object radius in pixels, uniform
-PERIOD = (8.0, 14.0)           # texture period in pixels, uniform
-OBJECTS_PER_MPIX = 150.0       # about 2.5 objects in a 128x128 scene
+RADIUS = (36.0, 80.0)          # object radius in pixels, uniform
+PERIOD = (10.0, 18.0)          # texture period in pixels, uniform
+OBJECTS_PER_MPIX = 40.0        # about 10 objects in a 512x512 scene, 0.7 in a 128x128 one
 IGNORE = 255
 
 
