@@ -139,3 +139,14 @@ def test_reference_recipe_catches_a_different_start(monkeypatch):
         got = lposs.lposs_logits(bb, image, queries, "lposs", "single", s)
         want = torch.from_numpy(reference_lposs(bb, image, queries, "lposs", "single", s, 12))
     assert not torch.allclose(got.double(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_rgb_to_lab_equals_kornia():
+    """LPOSS+ takes its Lab from kornia.color.rgb_to_lab; when kornia is installed, ours must equal
+    it, thresholds included (dark colours near 0.04045 / 0.008856, black, white)."""
+    kornia_color = pytest.importorskip("kornia.color")
+    g = torch.Generator().manual_seed(5)
+    rgb = torch.rand(3, 16, 16, generator=g, dtype=torch.float64)
+    rgb[:, 0] = torch.linspace(0, 0.06, 16, dtype=torch.float64)  # both sides of the sRGB knee
+    rgb[:, 1, :2] = torch.tensor([0.0, 1.0], dtype=torch.float64)[None]
+    torch.testing.assert_close(rgb_to_lab(rgb), kornia_color.rgb_to_lab(rgb), rtol=1e-12, atol=1e-10)
