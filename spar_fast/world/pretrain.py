@@ -151,7 +151,20 @@ def pretrain(bb, cfg: PretrainConfig, progress: bool = True, log=print) -> torch
     """Train ``bb`` (a random-init world backbone, modified in place) on native-size crops.
 
     Returns the unit class embeddings ``[K, C]`` fp32 (row k: class ``CLASSES[k]``).
+
+    Runs on one CPU thread: multi-threaded reductions sum in an order that depends on the thread
+    count, and 800 steps amplify those last bits into a different backbone. One thread gives the
+    same weights on every machine with the same CPU instruction set, whatever its core count.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(bb, cfg, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(bb, cfg: PretrainConfig, progress: bool, log) -> torch.Tensor:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, labels = _scene_pool(cfg)
