@@ -55,4 +55,6 @@ def test_spar_student_recovers_the_gap(world, root, baselines, tmp_path):
     student = Backbone.from_pretrained(world.name, weights=students[unfreeze])
     miou = evaluate_split(student, root, val_split(SIDE), world.query_set())["mIoU"]
     ok, rule = gain_holds(baselines["single"], baselines["teacher"], miou)
+    print(f"world check at {SIDE} px: single {baselines['single']:.1f}, teacher {baselines['teacher']:.1f}, "
+          f"student {miou:.1f} ({unfreeze}, break: {pipeline_break()})")
     assert ok, f"student {miou:.1f}, single {baselines['single']:.1f}, teacher {baselines['teacher']:.1f}: {rule}"
