@@ -301,6 +301,93 @@ def test_weights_file(tmp_path, suffix, make, says):
     assert grown_mib < 128  # the bomb was refused before it was inflated (256 MiB)
 
 
+# ---- text encoding: peak memory does not grow with the number of class names
+_TEXT_RSS = r"""
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+import spar_fast as sf
+from spar_fast.segmentation.queries import text_queries
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+bb = sf.Backbone.from_pretrained("siglip2-tiny", weights="random:0")
+small, large = int(sys.argv[1]), int(sys.argv[2])
+q_small, _, _ = text_queries(bb, [f"class {i}, thing {i}" for i in range(small // 2)])
+after_small = peak_mib()
+q_large, _, _ = text_queries(bb, [f"object {i}, item {i}" for i in range(large // 2)])
+print(json.dumps({"small": after_small, "large": peak_mib(), "q_small": list(q_small.shape),
+                  "q_large": list(q_large.shape)}))
+"""
+
+# Peak-RSS growth allowed from 20 to 600 names beyond the [Q, D] result. One name's forward (80
+# prompts x 77 tokens x width 64, fp32: about 1.5 MiB per activation, 6 MiB in the MLP) is
+# already in the peak after 20 names; what is left is allocator noise (under 8 MiB measured).
+# All prompts of all names in one batch needs gigabytes; a list of per-name results that pins the
+# freed activations in the heap grew 240-510 MiB here (hash seeds 3 and 4 of 4).
+_TEXT_GROWTH_MIB = 32
+
+
+def test_text_encoding_memory_does_not_grow_with_names():
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONHASHSEED="4")  # a seed under which heap pinning showed
+    out = subprocess.run([sys.executable, "-c", _TEXT_RSS, "20", "600"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["q_small"][0] == 20 and got["q_large"][0] == 600
+    result_mib = got["q_large"][0] * got["q_large"][1] * 4 / 2**20
+    grown = got["large"] - got["small"]
+    print(f"peak RSS {got['small']:.0f} MiB after 20 names, {got['large']:.0f} MiB after 600 more")
+    assert grown < _TEXT_GROWTH_MIB + result_mib, f"peak RSS grew {grown:.0f} MiB from 20 to 600 names"
+
+
+def test_text_batches_are_bounded():
+    """A long list through ``encode_text`` runs in forwards of at most ``TEXT_BATCH`` texts and
+    equals the per-batch results; one name's prompts stay one forward (bit for bit)."""
+    from spar_fast.backbones import text
+    from spar_fast.segmentation.queries import PROMPTS_PER_CALL
+
+    assert PROMPTS_PER_CALL <= text.TEXT_BATCH
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(5, 3)
+            self.sizes = []
+
+        def encode_text(self, tokens):
+            self.sizes.append(tokens.shape[0])
+            return self.proj(tokens.float())
+
+    def tokenizer(texts):
+        return torch.tensor([[len(t), t.count("a"), 1, 2, ord(t[0])] for t in texts])
+
+    tower = Tower()
+    texts = [f"a{'a' * (i % 7)} {i}" for i in range(2 * text.TEXT_BATCH + 5)]
+    got = text.encode_text(tower, tokenizer, texts)
+    assert tower.sizes == [text.TEXT_BATCH, text.TEXT_BATCH, 5]
+    want = torch.cat([text.encode_text(tower, tokenizer, texts[i:i + text.TEXT_BATCH])
+                      for i in range(0, len(texts), text.TEXT_BATCH)])
+    assert torch.equal(got, want) and got.shape == (len(texts), 3)
+    assert not got.requires_grad
+
+
+def test_memory_cache_keeps_a_bounded_number_of_class_lists():
+    from spar_fast.segmentation import queries
+    from test_segment import FakeBackbone
+
+    bb = FakeBackbone()
+    for i in range(queries.MEMORY_ENTRIES + 5):  # a server: a new list with every request
+        queries.text_queries(bb, [f"class {i}", "sky"])
+    assert len(queries._memory[bb]) == queries.MEMORY_ENTRIES
+    kept = queries.text_queries(bb, [f"class {queries.MEMORY_ENTRIES + 4}", "sky"])[0]
+    assert kept is queries.text_queries(bb, [f"class {queries.MEMORY_ENTRIES + 4}", "sky"])[0]
+
+
 # ---- outputs: every write failure is one line naming the path
 def _raise(exc):
     def write(tmp):

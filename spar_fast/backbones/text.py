@@ -30,6 +30,11 @@ from ..errors import UserError
 _HUB_TIMEOUT_S = 3.0
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
+# Texts per text-tower forward (tokenized per batch too): one class name's 80 prompt templates
+# (``spar_fast.segmentation.queries.TEMPLATES``), so a long list never becomes one batch and
+# memory does not grow with the number of texts (docs/RELIABILITY.md, "Bounded memory").
+TEXT_BATCH = 80
+
 # open_clip's defaults when a text config leaves them out.
 _DEFAULT_VOCAB, _DEFAULT_CONTEXT = 49408, 77
 
@@ -168,11 +173,28 @@ class StandInTokenizer:
         return out
 
 
-def encode_text(model: nn.Module, tokenizer, texts: list[str]) -> torch.Tensor:
-    """``texts`` (N strings) -> ``[N, D]`` fp32, L2-normalized, through ``model.encode_text``."""
-    if isinstance(texts, str):
-        texts = [texts]
+def encode_text(model: nn.Module, tokenizer, texts: list[str], batch: int | None = None) -> torch.Tensor:
+    """``texts`` (N strings) -> ``[N, D]`` fp32, L2-normalized, through ``model.encode_text``.
+
+    At most ``batch`` texts (default :data:`TEXT_BATCH`) are tokenized and run per forward, under
+    ``no_grad`` (no graph is kept), each result written into one preallocated ``[N, D]`` output:
+    peak memory is one batch's activations plus the output, whatever N. N <= ``batch`` is one
+    forward, as before (bit for bit).
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    batch = TEXT_BATCH if batch is None else int(batch)
+    if batch < 1:
+        raise UserError(f"text batch must be >= 1, got {batch}")
     device = next(model.parameters()).device
     with torch.no_grad():
-        tokens = tokenizer(list(texts)).to(device)
-        return F.normalize(model.encode_text(tokens).float(), dim=-1)
+        if len(texts) <= batch:
+            return F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
+        out = None
+        for start in range(0, len(texts), batch):
+            chunk = texts[start:start + batch]
+            rows = F.normalize(model.encode_text(tokenizer(chunk).to(device)).float(), dim=-1)
+            if out is None:
+                out = torch.empty(len(texts), rows.shape[1], dtype=torch.float32, device=rows.device)
+            out[start:start + len(chunk)] = rows
+            del rows
+        return out

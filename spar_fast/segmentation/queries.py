@@ -6,7 +6,10 @@ name is formatted into the 80 OpenAI ImageNet prompt templates; the 80 prompts o
 encoded in one batch, each embedding L2-normalized, averaged and L2-normalized again: one query
 per name, bit for bit the reference's loop. ``query_to_class`` maps queries to lines.
 
-Embeddings are cached in memory per (backbone, class lines, tokenizer, device). With
+Encoding is one text-tower call per name (:data:`PROMPTS_PER_CALL` prompts), each reduced to its
+row of a preallocated ``[Q, D]`` output at once: peak memory does not grow with the number of
+names beyond that output. Embeddings are cached in memory per (backbone, class lines, tokenizer,
+device), the :data:`MEMORY_ENTRIES` most recently used lists per backbone. With
 ``cache_dir`` they are also kept on disk under ``<cache_dir>/<key>.pt`` (``default_cache_dir()``),
 the key hashing the backbone name, its weights id, the tokenizer path and the class text; random
 weights are never cached on disk. :func:`~spar_fast.segmentation.query_file.resolve_queries` picks between class text and a
@@ -18,6 +21,7 @@ import hashlib
 import os
 import sys
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -60,10 +64,18 @@ assert len(TEMPLATES) == 80
 # sha256 of the templates joined by newlines: recorded in query files.
 TEMPLATES_SHA256 = hashlib.sha256("\n".join(TEMPLATES).encode("utf-8")).hexdigest()
 
+# Prompts per text-tower call: one name's templates, one forward (the reference's batch; bit for
+# bit its numbers). A list of names is never encoded as one batch.
+PROMPTS_PER_CALL = len(TEMPLATES)
+
+# Class lists kept in memory per backbone (least recently used dropped first): a server that sees
+# a new list with every request keeps at most this many.
+MEMORY_ENTRIES = 8
+
 # The text progress bar appears only when encoding takes longer than this (seconds).
 _PROGRESS_DELAY_S = 1.0
 
-_memory: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_memory: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
 
 
 def default_cache_dir() -> Path:
@@ -128,16 +140,26 @@ def embed_names(encode_text, names: list[str], progress: bool | None = None) -> 
     """Template-averaged text embeddings ``[Q, D]`` fp32, unit norm.
 
     ``encode_text(list[str]) -> [N, D]`` L2-normalized rows (as ``Backbone.encode_text``). Per
-    name: its 80 prompts in one call, the mean of the rows, L2-normalized. ``progress``: a bar
-    over names on stderr (None: only when stderr is a terminal; False: never).
+    name: its :data:`PROMPTS_PER_CALL` (80) prompts in one call, the mean of the rows,
+    L2-normalized, written at once into one preallocated ``[Q, D]`` output. Nothing else is kept
+    from a call and no graph is built, so peak memory is one call's activations plus the output,
+    whatever Q (docs/RELIABILITY.md, "Bounded memory"). ``progress``: a bar over names on stderr
+    (None: only when stderr is a terminal; False: never).
     """
     from tqdm.auto import tqdm
 
+    if not names:
+        raise UserError("no class names to encode")
     bar = tqdm(names, desc="text queries", unit="name", file=sys.stderr, leave=False,
                delay=_PROGRESS_DELAY_S, disable=None if progress is None else not progress)
-    rows = [F.normalize(encode_text([t.format(name) for t in TEMPLATES]).float().mean(dim=0), dim=-1)
-            for name in bar]
-    return torch.stack(rows)
+    out = None
+    for i, name in enumerate(bar):
+        row = F.normalize(encode_text([t.format(name) for t in TEMPLATES]).float().mean(dim=0), dim=-1)
+        if out is None:
+            out = torch.empty(len(names), row.shape[0], dtype=torch.float32, device=row.device)
+        out[i] = row
+        del row
+    return out
 
 
 def cache_key(bb, lines: list[str]) -> str | None:
@@ -184,9 +206,11 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
     if device is None:
         device = next(iter(bb.parameters())).device if hasattr(bb, "parameters") else "cpu"
     device = torch.device(device)
-    per_bb = _memory.setdefault(bb, {})
+    per_bb = _memory.setdefault(bb, OrderedDict())
     key = (tuple(lines), getattr(bb, "tokenizer_path", None), str(device))
-    if key not in per_bb:
+    if key in per_bb:
+        per_bb.move_to_end(key)
+    else:
         names, q2c = class_names(lines)
         key_hash = cache_key(bb, lines) if cache_dir is not None else None
         path = Path(cache_dir) / f"{key_hash}.pt" if key_hash is not None else None
@@ -199,6 +223,8 @@ def text_queries(bb, classes, device=None, cache_dir: str | os.PathLike | None =
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_with(str(path), lambda tmp: torch.save(queries, tmp))
         per_bb[key] = (queries.to(device), q2c.to(device))
+        while len(per_bb) > MEMORY_ENTRIES:
+            per_bb.popitem(last=False)
     queries, q2c = per_bb[key]
     return queries, q2c, lines
 
