@@ -14,8 +14,7 @@ The head and the last blocks see the native size only, as a CLIP model's do. The
 ``aux_blocks`` blocks also learn at every size: each step adds the cross-entropy of a linear
 classifier on their tokens for a crop of a random side in ``aux_sides``. Without that phase the
 single pass's loss at large sizes is spread over every block, and a student that trains only
-the last blocks inherits damaged tokens from the frozen ones (docs/WORLD.md, "Second round"):
-large real models behave the same way, their early layers are local and size-agnostic.
+the last blocks inherits damaged tokens from the frozen ones (docs/WORLD.md, "History").
 """
 from __future__ import annotations
 
