@@ -22,7 +22,7 @@ from ..world.backbone import world_backbone
 from ..world.dataset import WorldLayout, val_split, write_world
 from .world_paper import DEFAULT_UNFREEZE, distill_world, evaluate_split
 
-DEMO_LAYOUT = WorldLayout(val_sides=(128, 256, 512), val_pixels=6 * 512 * 512, unlabelled_count=120)
+DEMO_LAYOUT = WorldLayout(val_sides=(128, 256, 512), unlabelled_count=120)  # the held-out sets of `world paper`
 DEMO_TRAIN = TrainConfig(epochs=4, lr=1e-4)
 UNFREEZE = DEFAULT_UNFREEZE
 REPORT = "report.json"
