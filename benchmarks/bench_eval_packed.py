@@ -8,18 +8,16 @@ sizes with the tiny backbone on CPU) and the 150 ADE20K class lines.
 extra_info records images/s.
 """
 import pytest
-import torch
 
 import spar_fast as sf
 from spar_fast.segmentation import BUILTIN, segment_batch
 
-from conftest import ON_GPU, pick, run_variant  # noqa: E402
+from conftest import ON_GPU, ade_like_images, pick, run_variant  # noqa: E402
 
 if ON_GPU:
     BACKBONE, SHORT, COUNT, BATCH = "siglip2-b16-512", 672, pick(8, 32), 8
 else:
     BACKBONE, SHORT, COUNT, BATCH = "siglip2-tiny", 64, pick(6, 16), 4
-ASPECTS = (0.6, 0.75, 1.0, 1.33, 1.5, 2.0)
 CLASSES = list(BUILTIN["ade20k"])
 
 
@@ -30,13 +28,7 @@ def backbone(device):
 
 @pytest.fixture(scope="module")
 def images(device):
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(COUNT):
-        a = ASPECTS[i % len(ASPECTS)]
-        h, w = (SHORT, int(SHORT * a)) if a >= 1 else (int(SHORT / a), SHORT)
-        out.append(torch.randn(3, h, w, generator=g).to(device))
-    return out
+    return ade_like_images(COUNT, SHORT, device)
 
 
 @pytest.mark.parametrize("variant", ["reference", "packed"])

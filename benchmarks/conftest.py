@@ -27,6 +27,22 @@ def pick(quick, full):
     return quick if QUICK else full
 
 
+# Aspect ratios (width / height) of ADE20K-like images after the test resize.
+ADE_ASPECTS = (0.6, 0.75, 1.0, 1.33, 1.5, 2.0)
+
+
+def ade_like_images(count: int, short: int, device) -> list[torch.Tensor]:
+    """``count`` random images ``[3, H, W]`` of short side ``short`` cycling through
+    :data:`ADE_ASPECTS` (seed 0), on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(count):
+        a = ADE_ASPECTS[i % len(ADE_ASPECTS)]
+        h, w = (short, int(short * a)) if a >= 1 else (int(short / a), short)
+        out.append(torch.randn(3, h, w, generator=g).to(device))
+    return out
+
+
 def sync(device: torch.device | str | None = None) -> None:
     """Wait for queued GPU work, so wall-clock timings include it (no-op on CPU)."""
     if ON_GPU and (device is None or torch.device(device).type == "cuda"):

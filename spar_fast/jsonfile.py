@@ -77,18 +77,26 @@ def parse_json(data: bytes, where: str):
     return obj
 
 
+def _read_regular(path: str, limit: int, not_regular: str, too_big) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file ``path``; :class:`MalformedFile` with
+    ``not_regular`` for anything else, with ``too_big(size)`` above ``limit``. ``OSError``
+    passes through."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise MalformedFile(not_regular)
+    if st.st_size > limit:
+        raise MalformedFile(too_big(st.st_size))
+    with open(path, "rb") as f:
+        return f.read(limit + 1)
+
+
 def read_json_file(path: str, what: str = "JSON file"):
     """Parse the regular file ``path`` (``what`` names its kind in errors); ``FileNotFoundError``
     passes through for callers to whom a missing file means something; any other problem is a
     :class:`MalformedFile`."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise MalformedFile(f"{path}: unreadable {what} (not a regular file)")
-        if st.st_size > MAX_BYTES:
-            raise MalformedFile(f"{path}: unreadable {what} ({st.st_size} bytes, over {MAX_BYTES})")
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = _read_regular(path, MAX_BYTES, f"{path}: unreadable {what} (not a regular file)",
+                             lambda size: f"{path}: unreadable {what} ({size} bytes, over {MAX_BYTES})")
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -105,13 +113,8 @@ def read_text(path, what: str) -> str:
     (NUL bytes) or not UTF-8. Universal newlines, like ``open(path, encoding="utf-8")``."""
     path = os.fspath(path)
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise MalformedFile(f"{what} {path} is not a regular file")
-        if st.st_size > MAX_TEXT_FILE:
-            raise MalformedFile(f"{what} {path} has {st.st_size} bytes, over {MAX_TEXT_FILE}; not a text list")
-        with open(path, "rb") as f:
-            data = f.read(MAX_TEXT_FILE + 1)
+        data = _read_regular(path, MAX_TEXT_FILE, f"{what} {path} is not a regular file",
+                             lambda size: f"{what} {path} has {size} bytes, over {MAX_TEXT_FILE}; not a text list")
     except OSError as exc:
         raise MalformedFile(f"cannot read {what} {path} ({exc.strerror or exc})") from None
     if b"\0" in data:

@@ -29,6 +29,14 @@ def _one_line(exc_info) -> str:
     return text
 
 
+def _refused_in_one_line(path, make, read) -> str:
+    """``make(path)`` damages the file; ``read(path)`` must refuse it with a one-line UserError."""
+    make(path)
+    with pytest.raises(UserError) as info:
+        read(path)
+    return _one_line(info)
+
+
 # ---- trainer_state.json
 def _state(fn):
     def damage(run):
@@ -155,10 +163,7 @@ QUERY_FILES = [
 def test_query_file(tmp_path, make):
     from spar_fast.segmentation.query_file import load_query_set
 
-    make(tmp_path / "q.safetensors")
-    with pytest.raises(UserError) as info:
-        load_query_set(tmp_path / "q.safetensors")
-    _one_line(info)
+    _refused_in_one_line(tmp_path / "q.safetensors", make, load_query_set)
 
 
 # ---- class files and split lists (text lists)
@@ -179,20 +184,14 @@ SPLIT_LISTS = TEXT_LISTS + [("id_parent", lambda p: p.write_text("a\n../../../et
 def test_class_file(tmp_path, make):
     from spar_fast.segmentation.queries import parse_classes, read_class_file
 
-    make(tmp_path / "classes.txt")
-    with pytest.raises(UserError) as info:
-        parse_classes(read_class_file(tmp_path / "classes.txt"))
-    _one_line(info)
+    _refused_in_one_line(tmp_path / "classes.txt", make, lambda p: parse_classes(read_class_file(p)))
 
 
 @pytest.mark.parametrize("make", [m for _, m in SPLIT_LISTS], ids=[n for n, _ in SPLIT_LISTS])
 def test_split_list(tmp_path, make):
     from spar_fast.evaluation.datasets import _split_ids
 
-    make(tmp_path / "val.txt")
-    with pytest.raises(UserError) as info:
-        _split_ids(tmp_path / "val.txt")
-    _one_line(info)
+    _refused_in_one_line(tmp_path / "val.txt", make, _split_ids)
 
 
 IMAGE_LISTS = [

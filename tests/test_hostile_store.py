@@ -181,13 +181,19 @@ INDEX = [
 ]
 
 
-@pytest.mark.parametrize("damage", [d for _, d in INDEX], ids=[n for n, _ in INDEX])
-def test_index_damage_is_repaired_by_the_rerun(store, damage, tmp_path, capsys):
-    images, path, clean = store
+def _damage_verify_rerun(store, damage, capsys) -> dict:
+    """Damage the store, check `verify` advises the rerun in one clean message, rerun: the summary."""
+    images, path, _ = store
     damage(path)
     code, text = _verify_cli(path, capsys)
     assert code == 1 and "rerun `spar-fast features`" in text and "Traceback" not in text
-    summary = run_job(images, path)
+    return run_job(images, path)
+
+
+@pytest.mark.parametrize("damage", [d for _, d in INDEX], ids=[n for n, _ in INDEX])
+def test_index_damage_is_repaired_by_the_rerun(store, damage, tmp_path, capsys):
+    _, path, clean = store
+    summary = _damage_verify_rerun(store, damage, capsys)
     assert summary["computed"] >= 1
     assert store_files(path) == store_files(clean)
     assert verify(path)["state"] == "complete" and _escape_names(tmp_path) == []
@@ -225,11 +231,8 @@ def _link_outside(store, name):
 
 @pytest.mark.parametrize("damage", [d for _, d in SHARD], ids=[n for n, _ in SHARD])
 def test_shard_damage_is_repaired_by_the_rerun(store, damage, tmp_path, capsys):
-    images, path, clean = store
-    damage(path)
-    code, text = _verify_cli(path, capsys)
-    assert code == 1 and "rerun `spar-fast features`" in text and "Traceback" not in text
-    run_job(images, path)
+    _, path, clean = store
+    _damage_verify_rerun(store, damage, capsys)
     assert store_files(path) == store_files(clean) and verify(path)["state"] == "complete"
     assert _escape_names(tmp_path) in ([], ["outside.bin"])
     if (tmp_path / "outside.bin").exists():
