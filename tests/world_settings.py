@@ -1,9 +1,12 @@
-"""What the world's CI check runs, its pass rule and its deliberate breaks (test_world_gain.py).
+"""What the world's CI check runs, its pass rules and its deliberate breaks (test_world_gain.py).
 
 ``SPAR_FAST_WORLD_BREAK=flip|shift|first2`` runs the check on a pipeline broken on purpose --
 targets flipped left-right against the student's input, targets shifted by one cell, the first
 two blocks trained instead of the last two -- and the check must then fail (docs/WORLD.md lists
-what each gave).
+what each gave). The mIoU rule catches the first two. The third it cannot: in this world the
+first two blocks and the head buy as much as the last two and the head, even with labels and
+6x the steps (docs/WORLD.md, "Third round"), so the check also compares the student's weights with
+the pretrained ones, part by part, against the recipe's trainable set.
 """
 from __future__ import annotations
 
@@ -31,6 +34,32 @@ def gain_holds(single: float, teacher: float, student: float) -> tuple[bool, str
     need = single + MARGIN
     return student >= need, (f"needs >= {need:.1f} (single + {MARGIN}); the teacher's lead is "
                              f"{teacher - single:.1f}")
+
+
+def changed_parts(pretrained, student) -> set[str]:
+    """The parts of the vision tower whose parameters differ between two backbones of the same
+    SigLIP2-family architecture: ``"block i"``, ``"head"`` (final norm and ``attn_pool``),
+    ``"embedding"`` (patch and position embedding) or ``"other: NAME"``. Read from the parameter
+    names alone, independently of the trainer's unfreeze parser."""
+    before = dict(pretrained.model.visual.trunk.named_parameters())
+    parts = set()
+    for name, value in student.model.visual.trunk.named_parameters():
+        if torch.equal(value, before[name]):
+            continue
+        if name.startswith("blocks."):
+            parts.add(f"block {int(name.split('.')[1])}")
+        elif name.startswith(("norm.", "attn_pool.")):
+            parts.add("head")
+        elif name.startswith(("patch_embed.", "pos_embed")):
+            parts.add("embedding")
+        else:
+            parts.add(f"other: {name}")
+    return parts
+
+
+def recipe_parts(num_blocks: int) -> set[str]:
+    """What :data:`UNFREEZE` must change: the last two blocks and the dense head."""
+    return {f"block {num_blocks - 2}", f"block {num_blocks - 1}", "head"}
 
 
 def pipeline_break() -> str | None:
