@@ -65,3 +65,20 @@ def test_spar_student_recovers_the_gap(world, root, baselines, tmp_path):
     assert ok, f"student {miou:.1f}, single {baselines['single']:.1f}, teacher {baselines['teacher']:.1f}: {rule}"
     assert trained == expected, (f"the student changed {sorted(trained)}; the recipe trains {sorted(expected)} "
                                  "and leaves the rest as pretrained")
+
+
+def test_changed_parts_names_what_differs():
+    import torch
+
+    from spar_fast.backbones import Backbone
+
+    a = Backbone.from_pretrained("world-s16", weights="random:0")
+    b = Backbone.from_pretrained("world-s16", weights="random:0")
+    assert changed_parts(a, b) == set()
+    trunk = b.model.visual.trunk
+    with torch.no_grad():
+        trunk.blocks[1].mlp.fc2.bias.add_(1e-3)
+        trunk.attn_pool.kv.weight.mul_(1.001)
+        trunk.pos_embed.add_(1e-3)
+    assert changed_parts(a, b) == {"block 1", "head", "embedding"}
+    assert recipe_parts(a.num_blocks) == {"block 2", "block 3", "head"}
