@@ -28,3 +28,25 @@ def test_world_demo_small(tmp_path):
         assert fig.width > 2 * fig.height  # two rows of four or five panels
     assert os.path.isfile(report["student"])
     assert any("side 256" in line for line in lines)
+
+
+def test_world_paper_refuses_a_folder_run_with_other_settings(tmp_path, capsys):
+    from dataclasses import replace
+
+    import pytest
+
+    from spar_fast.cli import main
+    from spar_fast.errors import UserError
+    from spar_fast.jobs.world_paper import PaperSettings, _claim, run_paper
+
+    out = str(tmp_path / "paper")
+    os.makedirs(out)
+    first = replace(PaperSettings(), layout=WorldLayout(unlabelled_count=5))
+    _claim(out, first)
+    _claim(out, first)  # the same settings: a resume, accepted
+    with pytest.raises(UserError, match=r"layout\.unlabelled_count 5 -> 120\); pass another --out"):
+        run_paper(out, PaperSettings())  # refused before any work
+    assert main(["world", "paper", "--out", out, "--images", "5", "--epochs", "2", "--quiet"]) == 2
+    assert "train.epochs 4 -> 2" in capsys.readouterr().err
+    assert main(["world", "paper", "--out", out, "--images", "0"]) == 2
+    assert "--images" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 in miniature."""
 from __future__ import annotations
 
+from .model_args import POSITIVE_INT
+
 ACTIONS = ("build", "write", "paper")
 
 
@@ -19,6 +21,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("dir", nargs="?", default=None, help="output folder of 'write'")
     p.add_argument("--out", default="runs/world", metavar="DIR", help="output folder of 'paper'")
+    p.add_argument("--images", type=POSITIVE_INT, default=120, metavar="N",
+                   help="'paper': unlabelled distillation images (default: 120)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=4, metavar="E",
+                   help="'paper': distillation epochs (default: 4; one image per step)")
     p.add_argument("--rebuild", action="store_true", help="'build': pretrain again even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -44,9 +50,14 @@ def run(args) -> int:
         print(f"wrote the world to {root} (eval: --dataset folder --root {root} --split val_1024; "
               f"training images: {root}/unlabelled)")
         return 0
+    from dataclasses import replace
+
     from ..jobs.world_paper import PaperSettings, run_paper
     check_output_dir(args.out)
-    report = run_paper(args.out, PaperSettings(train=PaperSettings().train.replace(progress=progress)))
+    base = PaperSettings()
+    settings = replace(base, layout=replace(base.layout, unlabelled_count=args.images),
+                       train=base.train.replace(epochs=args.epochs, progress=progress))
+    report = run_paper(args.out, settings)
     print_report(report)
     print(f"outputs: {args.out} (report.json, fig3.png, fig1.png)")
     return 0

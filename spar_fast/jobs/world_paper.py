@@ -9,7 +9,9 @@
    unfreeze settings -- Table 5.
 
 Writes ``OUT/report.json``, ``OUT/fig3.png``, ``OUT/fig1.png``; a rerun reuses the world, the store,
-finished runs and finished evaluations (``OUT/evals.json``).
+finished runs and finished evaluations (``OUT/evals.json``). ``OUT/settings.json`` records what the
+folder was run with; a rerun with other settings (images, epochs, ...) is refused, since its
+store, runs and evaluations would belong to the first.
 """
 from __future__ import annotations
 
@@ -117,6 +119,7 @@ def run_paper(out: str, settings: PaperSettings = PaperSettings(), log=print) ->
     from ..backbones import Backbone
 
     os.makedirs(out, exist_ok=True)
+    _claim(out, settings)
     world = world_backbone(settings.pretrain, progress=settings.train.progress, log=log)
     root = write_world(os.path.join(out, "world"), settings.layout, progress=settings.train.progress)
     students = distill_world(world, os.path.join(root, "unlabelled"), out, settings.unfreeze,
@@ -152,6 +155,32 @@ def run_paper(out: str, settings: PaperSettings = PaperSettings(), log=print) ->
     atomic_write(os.path.join(out, "report.json"), (json.dumps(report, indent=1) + "\n").encode())
     _plots(out, report)
     return report
+
+
+def _claim(out: str, settings: PaperSettings) -> None:
+    """Record ``settings`` in ``out/settings.json``, or refuse if the folder holds a run with others."""
+    from ..errors import UserError
+    from ..jsonfile import read_json_file
+
+    path = os.path.join(out, "settings.json")
+    wanted = json.loads(json.dumps(_settings_dict(settings)))
+    if os.path.lexists(path):
+        held = read_json_file(path, "miniature settings")
+        if held != wanted:
+            diff = ", ".join(f"{k} {a} -> {b}" for k, a, b in _differences(held, wanted)) or "its format"
+            raise UserError(f"{out} holds a miniature run with other settings ({diff}); "
+                            "pass another --out")
+        return
+    atomic_write(path, (json.dumps(wanted, indent=1) + "\n").encode())
+
+
+def _differences(a, b, prefix: str = ""):
+    """``(dotted key, value in a, value in b)`` for each leaf where two JSON objects differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
 
 
 def _settings_dict(settings: PaperSettings) -> dict:
