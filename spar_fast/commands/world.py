@@ -67,16 +67,17 @@ def print_report(report: dict) -> None:
     """The miniature's three tables, mIoU in percent."""
     fig3 = report["fig3_miou_vs_side"]
     sides = sorted({int(s) for r in fig3.values() for s in r})
+    width = max(len(name) for name in [*fig3, *report["fig1_miou_vs_time"], *report["table5_unfreeze"]]) + 2
     print("\nmIoU (%) against image side (the backbone was trained at 128 px):")
-    print(f"  {'':<34}" + "".join(f"{s:>8}" for s in sides))
+    print(f"  {'':<{width}}" + "".join(f"{s:>8}" for s in sides))
     for name, by_side in fig3.items():
-        print(f"  {name:<34}" + "".join(f"{_at(by_side, s)['mIoU']:>8.1f}" for s in sides))
+        print(f"  {name:<{width}}" + "".join(f"{_at(by_side, s)['mIoU']:>8.1f}" for s in sides))
     print(f"\nmIoU (%) against time per image at side {max(sides)}:")
     for name, r in report["fig1_miou_vs_time"].items():
-        print(f"  {name:<34}{r['mIoU']:>8.1f}{r['seconds_per_image']:>10.3f} s")
+        print(f"  {name:<{width}}{r['mIoU']:>8.1f}{r['seconds_per_image']:>10.3f} s")
     print("\nunfreeze settings (mIoU %, single pass):")
     for name, by_side in report["table5_unfreeze"].items():
-        print(f"  {name:<34}" + "".join(f"{_at(by_side, s):>8.1f}" for s in sides))
+        print(f"  {name:<{width}}" + "".join(f"{_at(by_side, s):>8.1f}" for s in sides))
 
 
 def _at(by_side: dict, side: int):
