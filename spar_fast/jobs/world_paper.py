@@ -10,8 +10,9 @@
 
 Writes ``OUT/report.json``, ``OUT/fig3.png``, ``OUT/fig1.png``; a rerun reuses the world, the store,
 finished runs and finished evaluations (``OUT/evals.json``). ``OUT/settings.json`` records what the
-folder was run with; a rerun with other settings (images, epochs, ...) is refused, since its
-store, runs and evaluations would belong to the first.
+folder was run with and the world key; a rerun with other settings (images, epochs, ...) or after a
+change of the world's code is refused, since its store, runs and evaluations would belong to the
+first.
 """
 from __future__ import annotations
 
@@ -158,12 +159,14 @@ def run_paper(out: str, settings: PaperSettings = PaperSettings(), log=print) ->
 
 
 def _claim(out: str, settings: PaperSettings) -> None:
-    """Record ``settings`` in ``out/settings.json``, or refuse if the folder holds a run with others."""
+    """Record ``settings`` and the world key in ``out/settings.json``, or refuse if the folder holds
+    a run with others (another budget, or a world backbone the code no longer builds)."""
     from ..errors import UserError
     from ..jsonfile import read_json_file
+    from ..world.backbone import world_key
 
     path = os.path.join(out, "settings.json")
-    wanted = json.loads(json.dumps(_settings_dict(settings)))
+    wanted = json.loads(json.dumps({**_settings_dict(settings), "world_key": world_key(settings.pretrain)}))
     if os.path.lexists(path):
         held = read_json_file(path, "miniature settings")
         if held != wanted:
