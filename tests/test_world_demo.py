@@ -50,7 +50,10 @@ def test_world_paper_refuses_a_folder_run_with_other_settings(tmp_path, capsys):
     assert "train.epochs 4 -> 2" in capsys.readouterr().err
     assert main(["world", "paper", "--out", out, "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err
-    held = json.load(open(os.path.join(out, "settings.json")))
-    json.dump({**held, "world_key": "0" * 16}, open(os.path.join(out, "settings.json"), "w"))
+    record = os.path.join(out, "settings.json")
+    with open(record) as f:
+        held = json.load(f)
+    with open(record, "w") as f:
+        json.dump({**held, "world_key": "0" * 16}, f)
     with pytest.raises(UserError, match="world_key 0000000000000000 -> "):
         _claim(out, first)  # written by an older world's code

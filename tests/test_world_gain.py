@@ -52,13 +52,13 @@ def test_world_shows_the_gap(baselines):
 def test_spar_student_recovers_the_gap(world, root, baselines, tmp_path):
     from spar_fast.backbones import Backbone
 
-    teacher_fn, unfreeze = broken_setup(pipeline_break(), world.load())
+    pretrained = world.load()
+    teacher_fn, unfreeze = broken_setup(pipeline_break(), pretrained)
     students = distill_world(world, os.path.join(root, "unlabelled"), str(tmp_path), (unfreeze,),
                              CI_TRAIN, teacher_fn=teacher_fn, log=lambda *_: None)
     student = Backbone.from_pretrained(world.name, weights=students[unfreeze])
     miou = evaluate_split(student, root, val_split(SIDE), world.query_set())["mIoU"]
     ok, rule = gain_holds(baselines["single"], baselines["teacher"], miou)
-    pretrained = world.load()
     trained, expected = changed_parts(pretrained, student), recipe_parts(pretrained.num_blocks)
     print(f"world check at {SIDE} px: single {baselines['single']:.1f}, teacher {baselines['teacher']:.1f}, "
           f"student {miou:.1f} ({unfreeze}, break: {pipeline_break()}); changed: {sorted(trained)}")

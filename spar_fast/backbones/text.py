@@ -178,23 +178,21 @@ def encode_text(model: nn.Module, tokenizer, texts: list[str], batch: int | None
 
     At most ``batch`` texts (default :data:`TEXT_BATCH`) are tokenized and run per forward, under
     ``no_grad`` (no graph is kept), each result written into one preallocated ``[N, D]`` output:
-    peak memory is one batch's activations plus the output, whatever N. N <= ``batch`` is one
-    forward, as before (bit for bit).
+    peak memory is one batch's activations plus the output, whatever N.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     batch = TEXT_BATCH if batch is None else int(batch)
     if batch < 1:
         raise UserError(f"text batch must be >= 1, got {batch}")
+    if not texts:
+        raise UserError("no texts to encode")
     device = next(model.parameters()).device
+    out = None
     with torch.no_grad():
-        if len(texts) <= batch:
-            return F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
-        out = None
         for start in range(0, len(texts), batch):
             chunk = texts[start:start + batch]
             rows = F.normalize(model.encode_text(tokenizer(chunk).to(device)).float(), dim=-1)
             if out is None:
                 out = torch.empty(len(texts), rows.shape[1], dtype=torch.float32, device=rows.device)
             out[start:start + len(chunk)] = rows
-            del rows
-        return out
+    return out
