@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .model_args import POSITIVE_INT
 
-ACTIONS = ("build", "write", "paper")
+ACTIONS = ("build", "write", "paper", "lposs")
+DEFAULT_OUT = {"paper": "runs/world", "lposs": "runs/world-lposs"}
 
 
 def add_parser(subparsers) -> None:
@@ -17,14 +18,18 @@ def add_parser(subparsers) -> None:
                     "labelled folder (eval --dataset folder --root DIR --split val_1024) and "
                     "unlabelled training images (DIR/unlabelled). 'paper --out DIR': distill the "
                     "world backbone and report mIoU against image side (Fig. 3), against time "
-                    "(Fig. 1) and per unfreeze setting (Table 5), as report.json and plots.")
+                    "(Fig. 1) and per unfreeze setting (Table 5), as report.json and plots. "
+                    "'lposs --out DIR': mIoU of the single pass, the teacher and the student, "
+                    "unrefined and with LPOSS / LPOSS+ over the world's affinity model (LPOSS's "
+                    "DINO in the world), as report.json.")
     p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("dir", nargs="?", default=None, help="output folder of 'write'")
-    p.add_argument("--out", default="runs/world", metavar="DIR", help="output folder of 'paper'")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder of 'paper' (default: runs/world) or 'lposs' (default: runs/world-lposs)")
     p.add_argument("--images", type=POSITIVE_INT, default=120, metavar="N",
-                   help="'paper': unlabelled distillation images (default: 120)")
+                   help="'paper', 'lposs': unlabelled distillation images (default: 120)")
     p.add_argument("--epochs", type=POSITIVE_INT, default=4, metavar="E",
-                   help="'paper': distillation epochs (default: 4; one image per step)")
+                   help="'paper', 'lposs': distillation epochs (default: 4; one image per step)")
     p.add_argument("--rebuild", action="store_true", help="'build': pretrain again even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
@@ -52,14 +57,23 @@ def run(args) -> int:
         return 0
     from dataclasses import replace
 
+    out = args.out or DEFAULT_OUT[args.action]
+    check_output_dir(out)
+    if args.action == "lposs":
+        from ..jobs.world_lposs import LpossWorldSettings, print_lposs_report, run_lposs_world
+        base = LpossWorldSettings()
+        settings = replace(base, layout=replace(base.layout, unlabelled_count=args.images),
+                           train=base.train.replace(epochs=args.epochs, progress=progress))
+        print_lposs_report(run_lposs_world(out, settings))
+        print(f"outputs: {out} (report.json)")
+        return 0
     from ..jobs.world_paper import PaperSettings, run_paper
-    check_output_dir(args.out)
     base = PaperSettings()
     settings = replace(base, layout=replace(base.layout, unlabelled_count=args.images),
                        train=base.train.replace(epochs=args.epochs, progress=progress))
-    report = run_paper(args.out, settings)
+    report = run_paper(out, settings)
     print_report(report)
-    print(f"outputs: {args.out} (report.json, fig3.png, fig1.png)")
+    print(f"outputs: {out} (report.json, fig3.png, fig1.png)")
     return 0
 
 

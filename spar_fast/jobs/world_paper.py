@@ -161,18 +161,24 @@ def run_paper(out: str, settings: PaperSettings = PaperSettings(), log=print) ->
 def _claim(out: str, settings: PaperSettings) -> None:
     """Record ``settings`` and the world key in ``out/settings.json``, or refuse if the folder holds
     a run with others (another budget, or a world backbone the code no longer builds)."""
-    from ..errors import UserError
-    from ..jsonfile import read_json_file
     from ..world.backbone import world_key
 
+    claim_folder(out, {**_settings_dict(settings), "world_key": world_key(settings.pretrain)}, "miniature")
+
+
+def claim_folder(out: str, record: dict, what: str) -> None:
+    """Record ``record`` (JSON-able: the settings and the keys of the cached models) in
+    ``out/settings.json``, or refuse in one line if the folder holds a ``what`` run with another."""
+    from ..errors import UserError
+    from ..jsonfile import read_json_file
+
     path = os.path.join(out, "settings.json")
-    wanted = json.loads(json.dumps({**_settings_dict(settings), "world_key": world_key(settings.pretrain)}))
+    wanted = json.loads(json.dumps(record))
     if os.path.lexists(path):
-        held = read_json_file(path, "miniature settings")
+        held = read_json_file(path, f"{what} settings")
         if held != wanted:
             diff = ", ".join(f"{k} {a} -> {b}" for k, a, b in _differences(held, wanted)) or "its format"
-            raise UserError(f"{out} holds a miniature run with other settings ({diff}); "
-                            "pass another --out")
+            raise UserError(f"{out} holds a {what} run with other settings ({diff}); pass another --out")
         return
     atomic_write(path, (json.dumps(wanted, indent=1) + "\n").encode())
 
