@@ -68,6 +68,12 @@ def test_a_damaged_file_is_one_line(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="cannot read it as a safetensors DINO state dict"):
         _architecture(str(path))
+    from safetensors.torch import save_file
+
+    odd = str(tmp_path / "odd.safetensors")
+    save_file({"w": torch.zeros(1)}, odd, metadata={"timm_model": "resnet50", "timm_kwargs": "{}"})
+    with pytest.raises(UserError, match="expected a timm ViT"):
+        _architecture(odd)
 
 
 def test_world_affinity_trains_once_and_caches(tmp_path):

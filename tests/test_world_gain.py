@@ -20,44 +20,33 @@ import os
 import pytest
 
 from spar_fast.jobs.world_paper import distill_world, evaluate_split
-from spar_fast.world.backbone import world_backbone
-from spar_fast.world.dataset import val_split, write_world
+from spar_fast.world.dataset import val_split
 
-from world_settings import (CI_LAYOUT, CI_TRAIN, SIDE, broken_setup, changed_parts, gain_holds, pipeline_break,
+from world_settings import (CI_TRAIN, SIDE, broken_setup, changed_parts, gain_holds, pipeline_break,
                             recipe_parts)
 
 
 @pytest.fixture(scope="module")
-def world():
-    return world_backbone(progress=False)
-
-
-@pytest.fixture(scope="module")
-def root(world, tmp_path_factory):
-    return write_world(tmp_path_factory.mktemp("world"), CI_LAYOUT)
-
-
-@pytest.fixture(scope="module")
-def baselines(world, root):
-    bb, queries = world.load(), world.query_set()
+def baselines(world_ci, world_root):
+    bb, queries = world_ci.load(), world_ci.query_set()
     split = val_split(SIDE)
-    return {"single": evaluate_split(bb, root, split, queries)["mIoU"],
-            "teacher": evaluate_split(bb, root, split, queries, "slide", 24)["mIoU"]}
+    return {"single": evaluate_split(bb, world_root, split, queries)["mIoU"],
+            "teacher": evaluate_split(bb, world_root, split, queries, "slide", 24)["mIoU"]}
 
 
 def test_world_shows_the_gap(baselines):
     assert baselines["teacher"] - baselines["single"] >= 3.0, baselines
 
 
-def test_spar_student_recovers_the_gap(world, root, baselines, tmp_path):
+def test_spar_student_recovers_the_gap(world_ci, world_root, baselines, tmp_path):
     from spar_fast.backbones import Backbone
 
-    pretrained = world.load()
+    pretrained = world_ci.load()
     teacher_fn, unfreeze = broken_setup(pipeline_break(), pretrained)
-    students = distill_world(world, os.path.join(root, "unlabelled"), str(tmp_path), (unfreeze,),
+    students = distill_world(world_ci, os.path.join(world_root, "unlabelled"), str(tmp_path), (unfreeze,),
                              CI_TRAIN, teacher_fn=teacher_fn, log=lambda *_: None)
-    student = Backbone.from_pretrained(world.name, weights=students[unfreeze])
-    miou = evaluate_split(student, root, val_split(SIDE), world.query_set())["mIoU"]
+    student = Backbone.from_pretrained(world_ci.name, weights=students[unfreeze])
+    miou = evaluate_split(student, world_root, val_split(SIDE), world_ci.query_set())["mIoU"]
     ok, rule = gain_holds(baselines["single"], baselines["teacher"], miou)
     trained, expected = changed_parts(pretrained, student), recipe_parts(pretrained.num_blocks)
     print(f"world check at {SIDE} px: single {baselines['single']:.1f}, teacher {baselines['teacher']:.1f}, "

@@ -27,10 +27,9 @@ import pytest
 
 from spar_fast.jobs.world_lposs import evaluate_refined
 from spar_fast.jobs.world_paper import DEFAULT_UNFREEZE, distill_world
-from spar_fast.world.backbone import world_backbone
-from spar_fast.world.dataset import val_split, write_world
+from spar_fast.world.dataset import val_split
 
-from world_settings import CI_LAYOUT, CI_TRAIN, SIDE
+from world_settings import CI_TRAIN, SIDE
 
 # mIoU. Measured (docs/LPOSS.md, "The world's affinity model"), LPOSS / LPOSS+: single pass +2.8 /
 # +4.8, student +3.7 / +5.6, teacher +0.2 / +2.7. Each break loses 3-33 points on the single pass
@@ -47,16 +46,6 @@ def _break() -> str | None:
     if name is not None and name not in BREAKS:
         raise ValueError(f"SPAR_FAST_LPOSS_BREAK={name!r}: expected one of {list(BREAKS)}")
     return name
-
-
-@pytest.fixture(scope="module")
-def world():
-    return world_backbone(progress=False)
-
-
-@pytest.fixture(scope="module")
-def root(world, tmp_path_factory):
-    return write_world(tmp_path_factory.mktemp("world"), CI_LAYOUT)
 
 
 @pytest.fixture(scope="module")
@@ -85,28 +74,28 @@ def graph(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def models(world, root, tmp_path_factory):
+def models(world_ci, world_root, tmp_path_factory):
     from spar_fast.backbones import Backbone
 
     out = tmp_path_factory.mktemp("student")
-    students = distill_world(world, os.path.join(root, "unlabelled"), str(out), (DEFAULT_UNFREEZE,), CI_TRAIN,
+    students = distill_world(world_ci, os.path.join(world_root, "unlabelled"), str(out), (DEFAULT_UNFREEZE,), CI_TRAIN,
                              log=lambda *_: None)
-    pretrained = world.load()
-    student = Backbone.from_pretrained(world.name, weights=students[DEFAULT_UNFREEZE])
+    pretrained = world_ci.load()
+    student = Backbone.from_pretrained(world_ci.name, weights=students[DEFAULT_UNFREEZE])
     assert student.distilled  # the paper's gamma 10 applies to it
     return {"single": (pretrained, "single"), "teacher": (pretrained, "slide"), "student": (student, "single")}
 
 
 @pytest.fixture(scope="module")
-def unrefined(world, root, models):
-    return {name: evaluate_refined(bb, root, val_split(SIDE), world.query_set(), mode, 24, None, None)["mIoU"]
+def unrefined(world_ci, world_root, models):
+    return {name: evaluate_refined(bb, world_root, val_split(SIDE), world_ci.query_set(), mode, 24, None, None)["mIoU"]
             for name, (bb, mode) in models.items()}
 
 
 @pytest.mark.parametrize("model,refine", CASES)
-def test_lposs_raises_miou_on_the_world(world, root, models, unrefined, graph, model, refine):
+def test_lposs_raises_miou_on_the_world(world_ci, world_root, models, unrefined, graph, model, refine):
     bb, mode = models[model]
-    result = evaluate_refined(bb, root, val_split(SIDE), world.query_set(), mode, 24, refine, graph)
+    result = evaluate_refined(bb, world_root, val_split(SIDE), world_ci.query_set(), mode, 24, refine, graph)
     print(f"world LPOSS at {SIDE} px: {model} {unrefined[model]:.1f} -> {refine} {result['mIoU']:.1f} "
           f"(gamma {result['gamma']:g}, break: {_break()})")
     need = -TEACHER_LPOSS_SLACK if (model, refine) == ("teacher", "lposs") else MARGIN

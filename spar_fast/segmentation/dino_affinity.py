@@ -69,10 +69,19 @@ def _architecture(path: str) -> tuple[str, dict] | None:
     try:
         with safe_open(path, "pt") as f:
             meta = f.metadata() or {}
-        return (meta["timm_model"], json.loads(meta["timm_kwargs"])) if "timm_model" in meta else None
+        if "timm_model" not in meta:
+            return None
+        name, kwargs = meta["timm_model"], json.loads(meta["timm_kwargs"])
     except Exception as exc:  # a damaged or foreign file: one line
         raise UserError(f"{path}: cannot read it as a safetensors DINO state dict ({exc.__class__.__name__}: "
                         f"{exc})") from exc
+    plain = (int, float, bool, str)
+    if not (name.startswith("vit_") and isinstance(kwargs, dict)
+            and all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(x, plain) for x in v))
+                    for v in kwargs.values())):
+        raise UserError(f"{path}: its metadata names {name!r} with {kwargs!r}; expected a timm ViT "
+                        "(vit_...) and plain keyword values")
+    return name, kwargs
 
 
 def patch_size(model: torch.nn.Module) -> int:
