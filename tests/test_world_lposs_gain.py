@@ -6,7 +6,7 @@ and the SPAR student by :data:`MARGIN`, LPOSS+ the sliding-window teacher's by :
 LPOSS must not lower the teacher's by more than :data:`TEACHER_LPOSS_SLACK`.
 
 Gamma 10 for all three, not the paper's 1 for the pretrained single pass and the teacher: with
-this affinity model gamma 1 lowers both (docs/LPOSS.md, "The world's affinity model": a fifth to
+this affinity model gamma 1 lowers both (docs/LPOSS.md, "The world's affinity model": a sixth to
 a quarter of an object patch's gamma-1 weight goes to patches of other objects, and propagation
 compounds it). ``spar-fast world lposs`` reports both.
 
