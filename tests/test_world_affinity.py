@@ -28,6 +28,17 @@ def test_patch_segments_takes_the_majority_and_drops_uncovered_patches():
     assert patch_segments(seg, 4).tolist() == [[3, -1]]
 
 
+def test_label_segments_number_as_the_panoptic_probe_does():
+    from spar_fast.probe.panoptic import folder_segments
+    from spar_fast.world.affinity import label_segments
+    from spar_fast.world.scenes import render_scene
+
+    label = render_scene(7, 512, 512)[1]
+    segments = label_segments(label)
+    assert (segments == folder_segments(label, None, set())[0]).all()
+    assert segments.max() > 3 and ((segments == 0) == (label == 255)).all()
+
+
 def test_grouping_loss_is_zero_only_for_grouped_values():
     segments = torch.tensor([[0, 0, 1, -1]])
     grouped = torch.tensor([[[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [0.0, 5.0]]])  # cos -1 across

@@ -11,12 +11,12 @@ block's ``qkv`` included.
 Objective (:func:`grouping_loss`): for the patches of a crop, the unit value vectors (the ones
 LPOSS reads) should have cosine 1 within a segment and at most ``-margin`` across segments, the
 latter enforced on each patch's ``hardest`` most similar patches of other segments. A segment is
-a connected region of one class of the scene generator's labels (:func:`spar_fast.probe.panoptic.folder_segments`, every
-class split into components); a patch belongs to the segment covering most of it. Classes are
-never used: two objects of one class are different segments, as two cars are for DINO. The
-grouping DINO learns without labels is given here by the generator: the world tests the
-propagation, not self-supervision. Crops of random sides in ``sides`` (one per step), random
-flips; the pool of scenes (seeds ``4 * 10**6 + ...``) is apart from every other seed range.
+a connected region of one class of the scene generator's labels (:func:`label_segments`); a
+patch belongs to the segment covering most of it. Classes are never used: two objects of one
+class are different segments, as two cars are for DINO. The grouping DINO learns without labels
+is given here by the generator: the world tests the propagation, not self-supervision. Crops of
+random sides in ``sides`` (one per step), random flips; the pool of scenes (seeds
+``4 * 10**6 + ...``) is apart from every other seed range.
 
 Cached like the world backbone (:mod:`spar_fast.world.backbone`), under a key hashed from the
 config, the source of the functions that make the weights and of the scene generator (so an edit
@@ -77,8 +77,8 @@ def affinity_key(cfg: AffinityConfig) -> str:
     """16 hex digits naming the model ``cfg`` builds with the code as it is now."""
     from . import scenes as scenes_module
 
-    makers = (build_model, AffinityConfig.timm_kwargs, _pool, _crops, patch_segments, grouping_loss,
-              last_block_values, _train)
+    makers = (build_model, AffinityConfig.timm_kwargs, label_segments, _pool, _crops, patch_segments,
+              grouping_loss, last_block_values, _train)
     parts = [json.dumps(asdict(cfg), sort_keys=True), *(inspect.getsource(f) for f in makers),
              inspect.getsource(scenes_module)]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -157,16 +157,33 @@ def grouping_loss(values: torch.Tensor, segments: torch.Tensor, margin: float, h
     return (1 - cos)[same].pow(2).mean() + (hard.mean() if hard.numel() else cos.new_zeros(()))
 
 
+def label_segments(label: np.ndarray) -> np.ndarray:
+    """Segments of a label map ``uint8 [H, W]``: every class split into its connected components,
+    numbered 1.. class by class (0 on the ignore band) -> ``int64 [H, W]``."""
+    from scipy import ndimage
+
+    from .scenes import IGNORE
+
+    out = np.zeros(label.shape, np.int64)
+    count = 0
+    for c in np.unique(label):
+        if c == IGNORE:
+            continue
+        components, n = ndimage.label(label == c)
+        out[components > 0] = components[components > 0] + count
+        count += n
+    return out
+
+
 def _pool(cfg: AffinityConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 [N, S, S, 3], segments int64 [N, S, S])`` of the training pool."""
-    from ..probe.panoptic import folder_segments
     from .scenes import render_scene
 
     images, segments = [], []
     for i in range(cfg.pool_scenes):
         image, label = render_scene(POOL_SEED + cfg.seed * 10**4 + i, cfg.pool_side, cfg.pool_side)
         images.append(image)
-        segments.append(folder_segments(label, None, set())[0])
+        segments.append(label_segments(label))
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(segments))
 
 
