@@ -1,13 +1,12 @@
-"""Test-wide settings: Triton kernels run through the interpreter when no GPU is present."""
+"""Test-wide settings: Triton kernels run through the interpreter when no GPU is present; the
+world's CI checks share one world backbone and one world folder per session."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..atomic import atomic_write
 from ..train.config import TrainConfig
@@ -28,7 +28,7 @@ from ..world.affinity import AffinityConfig, affinity_key, world_affinity
 from ..world.backbone import world_backbone, world_key
 from ..world.dataset import WorldLayout, val_split, write_world
 from ..world.pretrain import PretrainConfig
-from .world_paper import DEFAULT_UNFREEZE, _Evals, _timed, claim_folder, distill_world
+from .world_paper import DEFAULT_UNFREEZE, _Evals, _settings_dict, _timed, claim_folder, distill_world
 
 # column: (refine, affinity, gamma); gamma None: the paper's per mode (default_gamma)
 COLUMNS = {"none": (None, None, None), "lposs": ("lposs", "dino", None), "lposs+": ("lposs+", "dino", None),
@@ -49,9 +49,9 @@ class LpossWorldSettings:
 
 
 def _record(settings: LpossWorldSettings) -> dict:
-    d = asdict(settings)
-    d["train"] = {k: v for k, v in asdict(settings.train).items() if k in ("epochs", "lr", "unfreeze", "seed")}
-    return {**d, "world_key": world_key(settings.pretrain), "affinity_key": affinity_key(settings.affinity)}
+    """What ``OUT/settings.json`` holds: the settings and the keys of the two cached models."""
+    return {**_settings_dict(settings), "world_key": world_key(settings.pretrain),
+            "affinity_key": affinity_key(settings.affinity)}
 
 
 def run_lposs_world(out: str, settings: LpossWorldSettings = LpossWorldSettings(), log=print) -> dict:

@@ -192,7 +192,9 @@ def _differences(a, b, prefix: str = ""):
         yield prefix.rstrip("."), a, b
 
 
-def _settings_dict(settings: PaperSettings) -> dict:
+def _settings_dict(settings) -> dict:
+    """A world job's settings (a dataclass with a ``train`` field) as JSON-able data, with only the
+    training fields that change the result."""
     d = asdict(settings)
     d["train"] = {k: v for k, v in asdict(settings.train).items() if k in ("epochs", "lr", "unfreeze", "seed")}
     return d
