@@ -211,6 +211,34 @@ def test_segment_with_dino_affinity():
         LpossSettings(affinity="dino", dino_weights="/no/such/file.pth")
 
 
+@pytest.mark.parametrize("mode", ["single", "slide"])
+def test_given_affinity_features_make_the_graph(mode, monkeypatch):
+    # a function giving the backbone's own features reproduces affinity="backbone"; its grids are
+    # the graph's nodes; a wrong number of grids is one error
+    bb, image = FakeBackbone(), _image(40, 56, seed=2)
+    queries = F.normalize(torch.randn(4, FakeBackbone.feature_dim, generator=torch.Generator().manual_seed(3)), dim=-1)
+    settings = LpossSettings(k=20)
+
+    def own(boxes):
+        return [bb(image[:, y:y + h, x:x + w][None])[0] for y, x, h, w in boxes], bb.patch_size
+    want = lposs.lposs_logits(bb, image, queries, "lposs", mode, settings, stride=16)
+    got = lposs.lposs_logits(bb, image, queries, "lposs", mode, settings, stride=16, affinity=own)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+    seen = {}
+
+    def capture(feats, centres, scores, *args):
+        seen["feats"] = feats
+        return scores
+    monkeypatch.setattr(lposs, "propagate_patches", capture)
+    codes = torch.eye(5)[torch.arange(5 * 7) % 5].reshape(5, 7, 5)  # a 40x56 image's 5x7 grid
+    if mode == "single":
+        lposs.lposs_logits(bb, image, queries, "lposs", mode, settings, affinity=lambda boxes: ([codes], 8))
+        assert torch.equal(seen["feats"], codes.reshape(-1, 5))
+    with pytest.raises(UserError, match="gave 0 feature grids"):
+        lposs.lposs_logits(bb, image, queries, "lposs", mode, settings, stride=16, affinity=lambda boxes: ([], 8))
+
+
 def test_slide_nodes_are_all_windows_patches_at_their_image_centres(monkeypatch):
     # FakeBackbone: window 32, patch 8 -> 4x4 patches per window; 40x56 at stride 16: windows at
     # rows (0, 8), columns (0, 16, 24): 6 windows, 96 nodes, centres origin + 4 + 8 * index

@@ -115,7 +115,13 @@ def test_world_lposs_refuses_a_folder_run_with_other_settings(tmp_path, capsys):
 def test_world_lposs_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     """The whole job on two 128 px scenes, two training images and a 3-step affinity model: the
     table has every model and column, gammas follow the paper unless set, a rerun reuses it."""
-    from spar_fast.jobs.world_lposs import COLUMNS, LpossWorldSettings, print_lposs_report, run_lposs_world
+    from spar_fast.jobs.world_lposs import (
+        COLUMNS,
+        STRENGTHS,
+        LpossWorldSettings,
+        print_lposs_report,
+        run_lposs_world,
+    )
     from spar_fast.train.config import TrainConfig
     from spar_fast.world.dataset import WorldLayout
 
@@ -131,8 +137,10 @@ def test_world_lposs_runs_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert [table[m]["lposs"]["gamma"] for m in table] == [1.0, 1.0, 10.0]
     assert all(table[m]["lposs+ g10"]["gamma"] == 10.0 for m in table)
     assert table["SPAR student"]["lposs"] == table["SPAR student"]["lposs g10"]  # one evaluation
+    assert [table[m]["lposs+, ideal graph"]["gamma"] for m in table] == [1.0, 1.0, 10.0]
+    assert [r["strength"] for r in report["graph_sensitivity"].values()] == list(STRENGTHS)
     assert all(0 <= r["mIoU"] <= 100 and r["images"] == 2 for row in table.values() for r in row.values())
     assert run_lposs_world(out, settings, log=lambda *_: None)["table"] == table  # resumed from evals.json
     print_lposs_report(report)
     printed = capsys.readouterr().out
-    assert "SPAR student" in printed and report["affinity_weights"] in printed
+    assert "SPAR student" in printed and report["affinity_weights"] in printed and "s inf" in printed

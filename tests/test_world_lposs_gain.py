@@ -10,22 +10,29 @@ this affinity model gamma 1 lowers both (docs/LPOSS.md, "The world's affinity mo
 a quarter of an object patch's gamma-1 weight goes to patches of other objects, and propagation
 compounds it). ``spar-fast world lposs`` reports both.
 
+At the paper's gamma per mode (1, 1 and 10), LPOSS and LPOSS+ over the ideal graph (one-hot codes
+of the labels' segments, :mod:`spar_fast.world.grouping`: the graph of an affinity model that
+groups objects perfectly) must raise all three by :data:`MARGIN`: the propagation itself gains at
+gamma 1 when the graph is clean.
+
 ``SPAR_FAST_LPOSS_BREAK`` runs the check on a graph broken on purpose, and it must then fail
 (docs/LPOSS.md, "The world's affinity model", lists what each gave):
 ``random``: the affinity model untrained (same architecture, random weights);
 ``backbone``: the backbone's own features (``affinity="backbone"``, which do not group objects);
 ``transpose``: the affinity grid transposed against the score grid (a layout bug: each patch gets
-the graph row of its mirror image).
+the graph row of its mirror image); it transposes the ideal graph's codes too, and then fails
+the ideal graph's cases as well.
 
 The world backbone and the affinity model are built once per cache and reused.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 
-from spar_fast.jobs.world_lposs import evaluate_refined
+from spar_fast.jobs.world_lposs import evaluate_graph, evaluate_refined
 from spar_fast.jobs.world_paper import DEFAULT_UNFREEZE, distill_world
 from spar_fast.world.dataset import val_split
 
@@ -53,6 +60,7 @@ def graph(tmp_path_factory):
     """The LpossSettings of the check (or of the break), with the break's patch applied."""
     from spar_fast.segmentation import dino_affinity
     from spar_fast.segmentation.lposs import LpossSettings
+    from spar_fast.world import grouping
     from spar_fast.world.affinity import AffinityConfig, build_model, save_affinity, world_affinity
 
     name = _break()
@@ -62,12 +70,16 @@ def graph(tmp_path_factory):
         save_affinity(build_model(AffinityConfig()), AffinityConfig(), weights)
     patch = pytest.MonkeyPatch()
     if name == "transpose":
-        features = dino_affinity.dino_features
+        features, codes = dino_affinity.dino_features, grouping.segment_grids
 
         def transposed(*args, **kwargs):
             feats, size = features(*args, **kwargs)
             return [f.transpose(0, 1).reshape(f.shape) for f in feats], size
+
+        def transposed_codes(*args, **kwargs):
+            return [f.transpose(0, 1).reshape(f.shape) for f in codes(*args, **kwargs)]
         patch.setattr(dino_affinity, "dino_features", transposed)
+        patch.setattr(grouping, "segment_grids", transposed_codes)
     yield LpossSettings(affinity="backbone", gamma=GAMMA) if name == "backbone" else \
         LpossSettings(affinity="dino", dino_weights=weights, gamma=GAMMA)
     patch.undo()
@@ -101,3 +113,23 @@ def test_lposs_raises_miou_on_the_world(world_ci, world_root, models, unrefined,
     need = -TEACHER_LPOSS_SLACK if (model, refine) == ("teacher", "lposs") else MARGIN
     assert result["mIoU"] >= unrefined[model] + need, (
         f"{model}: {refine} gives {result['mIoU']:.1f}, unrefined {unrefined[model]:.1f}; needs {need:+.1f}")
+
+
+@pytest.mark.parametrize("model,refine", CASES)
+def test_lposs_over_the_ideal_graph_raises_miou_at_the_papers_gamma(world_ci, world_root, models, unrefined, graph,
+                                                                     model, refine):
+    # ``graph`` is not read here: it applies the break's patch (transpose: of the codes too)
+    from spar_fast.segmentation.lposs import LpossSettings
+    from spar_fast.world.affinity import world_affinity
+
+    bb, mode = models[model]
+    weights = world_affinity(progress=False)  # the ideal graph reads only its patch size
+    result = evaluate_graph(bb, world_root, val_split(SIDE), world_ci.query_set(), mode, 24, refine,
+                            LpossSettings(affinity="dino", dino_weights=weights), math.inf)
+    print(f"world LPOSS, ideal graph, at {SIDE} px: {model} {unrefined[model]:.1f} -> {refine} "
+          f"{result['mIoU']:.1f} (gamma {result['gamma']:g}, break: {_break()})")
+    assert result["gamma"] == (10.0 if model == "student" else 1.0)  # the paper's
+    assert result["mIoU"] >= unrefined[model] + MARGIN, (
+        f"{model}: {refine} over the ideal graph gives {result['mIoU']:.1f}, unrefined {unrefined[model]:.1f}; "
+        f"needs {MARGIN:+.1f}")
+

@@ -10,7 +10,12 @@ the student (SPAR supplementary §9, Fig. 5)?
    unrefined and with LPOSS / LPOSS+ over the affinity model's graph, at the paper's gamma per
    mode (:func:`spar_fast.segmentation.lposs.default_gamma`: 1, 1 and 10) and at gamma 10 for
    all three, and with LPOSS over the backbone's own features (``affinity="backbone"``, the
-   offline default) for contrast. docs/LPOSS.md discusses the numbers.
+   offline default) for contrast.
+4. The same with the ideal graph (:mod:`spar_fast.world.grouping`: one-hot codes of the labels'
+   segments, the graph of an affinity model that groups objects perfectly) at the paper's gamma,
+   and the pretrained single pass's LPOSS at gamma 1 over the affinity model's values blended
+   with those codes at :data:`STRENGTHS`: how clean the graph must be for gamma 1 to gain.
+   docs/LPOSS.md discusses the numbers.
 
 Writes ``OUT/report.json``; a rerun reuses the world, the store, the student and finished
 evaluations (``OUT/evals.json``). ``OUT/settings.json`` records the settings and the keys of the
@@ -19,8 +24,12 @@ two cached models; a rerun with others is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from dataclasses import dataclass, field
+
+import torch
 
 from ..atomic import atomic_write
 from ..train.config import TrainConfig
@@ -33,7 +42,11 @@ from .world_paper import DEFAULT_UNFREEZE, _Evals, _settings_dict, _timed, claim
 # column: (refine, affinity, gamma); gamma None: the paper's per mode (default_gamma)
 COLUMNS = {"none": (None, None, None), "lposs": ("lposs", "dino", None), "lposs+": ("lposs+", "dino", None),
            "lposs g10": ("lposs", "dino", 10.0), "lposs+ g10": ("lposs+", "dino", 10.0),
-           "lposs, own features": ("lposs", "backbone", None)}
+           "lposs, own features": ("lposs", "backbone", None),
+           "lposs, ideal graph": ("lposs", "ideal", None), "lposs+, ideal graph": ("lposs+", "ideal", None)}
+# weight of the segment codes blended with the affinity model's values (0: the model alone, as the
+# "lposs" column; inf: the codes alone, as "lposs, ideal graph")
+STRENGTHS = (1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -78,13 +91,21 @@ def run_lposs_world(out: str, settings: LpossWorldSettings = LpossWorldSettings(
     for name, (bb, mode) in runs.items():
         table[name] = {}
         for column, (refine, aff, gamma) in COLUMNS.items():
-            lposs = LpossSettings(affinity=aff, dino_weights=affinity, gamma=gamma) if aff else None
+            lposs = LpossSettings(affinity="backbone" if aff == "backbone" else "dino", dino_weights=affinity,
+                                  gamma=gamma) if aff else None
             gamma = gamma if gamma is not None or refine is None else default_gamma(mode, bb.distilled)
-            table[name][column] = evals.get(f"{name}|{refine}|{aff}|{gamma}", lambda: evaluate_refined(
-                bb, root, split, queries, mode, settings.stride, refine, lposs))
+            run = (lambda: evaluate_refined(bb, root, split, queries, mode, settings.stride, refine, lposs)) \
+                if aff != "ideal" else \
+                (lambda: evaluate_graph(bb, root, split, queries, mode, settings.stride, refine, lposs, math.inf))
+            table[name][column] = evals.get(f"{name}|{refine}|{aff}|{gamma}", run)
         log(f"{name}: " + ", ".join(f"{c} {r['mIoU']:.1f}" for c, r in table[name].items()))
+    single = LpossSettings(affinity="dino", dino_weights=affinity, gamma=1.0)
+    sensitivity = {str(t): evals.get(f"pretrained single pass|lposs|blend {t:g}|1.0", lambda: evaluate_graph(
+        pretrained, root, split, queries, "single", settings.stride, "lposs", single, t)) for t in STRENGTHS}
+    log("pretrained single pass, LPOSS at gamma 1 over blended graphs: "
+        + ", ".join(f"strength {t} {r['mIoU']:.1f}" for t, r in sensitivity.items()))
     report = {"world_key": world.key, "affinity_key": affinity_key(settings.affinity), "side": settings.side,
-              "affinity_weights": affinity, "table": table,
+              "affinity_weights": affinity, "table": table, "graph_sensitivity": sensitivity,
               "units": "mIoU in percent (MMSeg), seconds per image on this machine"}
     atomic_write(os.path.join(out, "report.json"), (json.dumps(report, indent=1) + "\n").encode())
     return report
@@ -106,14 +127,62 @@ def evaluate_refined(bb, root: str, split: str, queries, mode: str, stride: int,
             "seconds_per_image": seconds / result["num_images"], "gamma": gamma}
 
 
+@torch.no_grad()
+def evaluate_graph(bb, root: str, split: str, queries, mode: str, stride: int, refine: str, lposs,
+                   strength: float) -> dict:
+    """As :func:`evaluate_refined`, with LPOSS's graph over the segment codes of each image's label
+    blended at ``strength`` with the values of the affinity model ``lposs.dino_weights``
+    (:func:`spar_fast.world.grouping.blend`; inf: the codes alone, the ideal graph). The loop is
+    :func:`spar_fast.evaluation.evaluate`'s for one image at a time, at the image's size."""
+    from ..evaluation.datasets import list_samples, load_sample
+    from ..evaluation.metrics import ConfusionMatrix
+    from ..evaluation.runner import default_settings
+    from ..runtime import Weights
+    from ..segmentation.dino_affinity import dino_features, load_dino, patch_size
+    from ..segmentation.infer import postprocess
+    from ..segmentation.lposs import default_gamma, lposs_logits
+    from ..segmentation.preprocess import prepare_image
+    from ..segmentation.query_file import resolve_queries
+    from ..world.grouping import blend, segment_grids
+
+    device = next(iter(bb.parameters())).device
+    q, q2c, lines = resolve_queries(bb, queries=queries, device=device)
+    head = default_settings(getattr(bb, "family", ""), "folder")
+    weights = Weights.parse(lposs.dino_weights)
+    patch = patch_size(load_dino(weights, str(device)))
+    confmat = ConfusionMatrix(len(lines), device=device)
+    samples = list_samples("folder", root, split)
+    start = time.perf_counter()
+    for sample in samples:
+        image, label = load_sample(sample, False)
+        x = prepare_image(image, bb.mean, bb.std, None, device)
+
+        def graph(boxes, x=x, label=label):
+            codes = segment_grids(label, boxes, patch)
+            values = dino_features(bb, x, boxes, weights)[0] if not math.isinf(strength) else None
+            return blend(codes, values, strength), patch
+        logits = lposs_logits(bb, x, q, refine, mode, lposs, stride, affinity=graph)
+        confmat.update(postprocess(logits, q2c, label.shape, head), torch.from_numpy(label).to(device))
+    gamma = lposs.gamma if lposs.gamma is not None else default_gamma(mode, bb.distilled)
+    return {"mIoU": 100.0 * confmat.compute()["mIoU"], "images": len(samples),
+            "seconds_per_image": (time.perf_counter() - start) / len(samples), "gamma": gamma,
+            "strength": None if math.isinf(strength) else strength}
+
+
 def print_lposs_report(report: dict) -> None:
     """The table, mIoU in percent; the paper's gamma per row."""
     table = report["table"]
     width = max(len(n) for n in table) + 2
     print(f"\nmIoU (%) at {report['side']} px. Graph: the world's affinity model (LPOSS's DINO in the world), "
-          "or the backbone's own features; gamma: the paper's per model unless 'g10':")
+          "the backbone's own features, or the ideal graph (one-hot codes of the labels' segments); "
+          "gamma: the paper's per model unless 'g10':")
     print(f"  {'':<{width}}{'gamma':>6}" + "".join(f"{c:>{len(c) + 2}}" for c in COLUMNS))
     for name, row in table.items():
         print(f"  {name:<{width}}{row['lposs']['gamma']:>6g}" + "".join(f"{row[c]['mIoU']:>{len(c) + 2}.1f}"
                                                                        for c in COLUMNS))
+    row = table["pretrained single pass"]
+    blends = [("0", row["lposs"])] + list(report["graph_sensitivity"].items()) + [("inf", row["lposs, ideal graph"])]
+    print("pretrained single pass, LPOSS at gamma 1, the affinity model's values blended with the segment codes "
+          "at strength s (0: the model alone, inf: the ideal graph): "
+          + ", ".join(f"s {t}: {r['mIoU']:.1f}" for t, r in blends) + f" (unrefined {row['none']['mIoU']:.1f})")
     print(f"affinity model (--lposs-affinity dino --lposs-dino-weights): {report['affinity_weights']}")

@@ -23,6 +23,7 @@ the pretrained single pass and the sliding window. ``gamma=None`` follows the pa
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -83,9 +84,14 @@ def default_gamma(mode: str, distilled: bool) -> float:
 
 @torch.no_grad()
 def lposs_logits(bb, image: torch.Tensor, queries: torch.Tensor, refine: str, mode: str = "single",
-                 settings: LpossSettings | None = None, stride: int = 24, amp="auto") -> torch.Tensor:
+                 settings: LpossSettings | None = None, stride: int = 24, amp="auto",
+                 affinity: Callable | None = None) -> torch.Tensor:
     """Refined class scores of one normalized image ``[3, H, W]`` with unit ``queries [Q, D]``:
-    ``[h, w, Q]`` on the patch grid (single pass, ``lposs``) or ``[H, W, Q]`` (otherwise), fp32."""
+    ``[h, w, Q]`` on the patch grid (single pass, ``lposs``) or ``[H, W, Q]`` (otherwise), fp32.
+
+    ``affinity``: graph features of your own instead of ``settings.affinity``'s, a function
+    ``(boxes) -> (grids, P)`` of the windows ``(y, x, h, w)`` giving one ``[ceil(h/P), ceil(w/P),
+    C]`` grid per window and the pixel size ``P`` of a grid cell."""
     if refine not in REFINES:
         raise UserError(f"refine must be None, 'lposs' or 'lposs+', got {refine!r}")
     if mode not in ("single", "slide"):
@@ -96,9 +102,10 @@ def lposs_logits(bb, image: torch.Tensor, queries: torch.Tensor, refine: str, mo
     gamma = s.gamma if s.gamma is not None else default_gamma(mode, bool(getattr(bb, "distilled", False)))
     _, H, W = image.shape
     boxes = _windows(bb, H, W, mode, stride)
-    feats, aff, patch = _features(bb, image, boxes, s, amp)
+    feats, aff, patch = _features(bb, image, boxes, s, amp, affinity)
+    own = affinity is None and s.affinity == "backbone"
     scores = [F.normalize(f.float(), dim=-1) @ queries.t().float() for f in feats]  # [h, w, Q] each
-    centres = torch.cat([_centres(y, x, f.shape[0], f.shape[1], _cell(bb, s, patch, (h, w), f.shape[:2]),
+    centres = torch.cat([_centres(y, x, f.shape[0], f.shape[1], _cell(bb, own, patch, (h, w), f.shape[:2]),
                                   image.device) for (y, x, h, w), f in zip(boxes, aff)])
     nodes = torch.cat([F.normalize(f.float(), dim=-1).reshape(-1, f.shape[-1]) for f in aff])
     out = propagate_patches(nodes, centres, torch.cat([sc.reshape(-1, sc.shape[-1]) for sc in scores]),
@@ -122,18 +129,24 @@ def _windows(bb, H: int, W: int, mode: str, stride: int) -> list[tuple[int, int,
             for x in window_origins(W, win_w, stride)]
 
 
-def _features(bb, image, boxes, s: LpossSettings, amp):
+def _features(bb, image, boxes, s: LpossSettings, amp, affinity=None):
     """Per window the dense features ``[h, w, C]`` (for the scores), the affinity features
-    ``[h', w', C']`` (resized scores' features when the grids differ) and the affinity patch size."""
+    ``[h', w', C']`` (``affinity(boxes)``'s, else ``s.affinity``'s; the scores' features are
+    resized when the grids differ) and the affinity patch size."""
     feats = []
     for start in range(0, len(boxes), SLIDE_BATCH):
         crops = torch.stack([image[:, y:y + h, x:x + w] for y, x, h, w in boxes[start:start + SLIDE_BATCH]])
         with autocast(image.device, amp):
             feats.extend(bb(crops).float())
-    if s.affinity == "backbone":
+    if affinity is not None:
+        aff, patch = affinity(boxes)
+        if len(aff) != len(boxes):
+            raise UserError(f"the affinity function gave {len(aff)} feature grids for {len(boxes)} windows")
+    elif s.affinity == "backbone":
         return feats, feats, bb.patch_size
-    from .dino_affinity import dino_features
-    aff, patch = dino_features(bb, image, boxes, Weights.parse(s.dino_weights))
+    else:
+        from .dino_affinity import dino_features
+        aff, patch = dino_features(bb, image, boxes, Weights.parse(s.dino_weights))
     feats = [f if f.shape[:2] == a.shape[:2] else
              F.interpolate(f.permute(2, 0, 1)[None], size=a.shape[:2], mode="bilinear",
                            align_corners=False)[0].permute(1, 2, 0)
@@ -141,10 +154,10 @@ def _features(bb, image, boxes, s: LpossSettings, amp):
     return feats, aff, patch
 
 
-def _cell(bb, s: LpossSettings, patch: int, box_hw, grid) -> tuple:
+def _cell(bb, own: bool, patch: int, box_hw, grid) -> tuple:
     """Pixel size ``(cell_h, cell_w)`` of a feature-grid cell: the patch size, except for a NaFlex
-    backbone's own features, whose grid covers the window resized by its patch budget."""
-    if s.affinity == "backbone" and getattr(bb, "family", None) == "naflex":
+    backbone's ``own`` features, whose grid covers the window resized by its patch budget."""
+    if own and getattr(bb, "family", None) == "naflex":
         return box_hw[0] / grid[0], box_hw[1] / grid[1]
     return patch, patch
 
