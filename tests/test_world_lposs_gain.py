@@ -6,9 +6,9 @@ and the SPAR student by :data:`MARGIN`, LPOSS+ the sliding-window teacher's by :
 LPOSS must not lower the teacher's by more than :data:`TEACHER_LPOSS_SLACK`.
 
 Gamma 10 for all three, not the paper's 1 for the pretrained single pass and the teacher: with
-this affinity model gamma 1 lowers both (docs/LPOSS.md, "The world's affinity model and the ideal graph": a sixth to
-a quarter of an object patch's gamma-1 weight goes to patches of other objects, and propagation
-compounds it). ``spar-fast world lposs`` reports both.
+this affinity model gamma 1 lowers both (docs/LPOSS.md, "The world's affinity model and the ideal
+graph": a quarter of an object patch's gamma-1 weight goes to patches of other objects, and
+propagation compounds it). ``spar-fast world lposs`` reports both.
 
 At the paper's gamma per mode (1, 1 and 10), LPOSS and LPOSS+ over the ideal graph (one-hot codes
 of the labels' segments, :mod:`spar_fast.world.grouping`: the graph of an affinity model that
@@ -38,10 +38,11 @@ from spar_fast.world.dataset import val_split
 
 from world_settings import CI_TRAIN, SIDE
 
-# mIoU. Measured (docs/LPOSS.md, "The world's affinity model and the ideal graph"), LPOSS / LPOSS+: single pass +2.8 /
-# +4.8, student +3.7 / +5.6, teacher +0.2 / +2.7. Each break loses 3-33 points on the single pass
-# and the student, so it fails all four of their cases. Over the ideal graph at the paper's gamma:
-# single pass +2.7 / +5.1, teacher +1.6 / +3.9, student +1.9 / +3.7; transposed, -27 to -50.
+# mIoU. Measured (docs/LPOSS.md, "The world's affinity model and the ideal graph"), LPOSS / LPOSS+:
+# single pass +2.8 / +4.8, student +3.7 / +5.6, teacher +0.2 / +2.7. Each break loses 3-33 points
+# on the single pass and the student, so it fails all four of their cases. Over the ideal graph at
+# the paper's gamma: single pass +2.7 / +5.1, teacher +1.6 / +3.9, student +1.9 / +3.7; transposed,
+# -30 to -50.
 MARGIN = 1.0
 TEACHER_LPOSS_SLACK = 0.5
 GAMMA = 10.0
