@@ -28,6 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -94,14 +95,14 @@ def run_lposs_world(out: str, settings: LpossWorldSettings = LpossWorldSettings(
             lposs = LpossSettings(affinity="backbone" if aff == "backbone" else "dino", dino_weights=affinity,
                                   gamma=gamma) if aff else None
             gamma = gamma if gamma is not None or refine is None else default_gamma(mode, bb.distilled)
-            run = (lambda: evaluate_refined(bb, root, split, queries, mode, settings.stride, refine, lposs)) \
-                if aff != "ideal" else \
-                (lambda: evaluate_graph(bb, root, split, queries, mode, settings.stride, refine, lposs, math.inf))
+            args = (bb, root, split, queries, mode, settings.stride, refine, lposs)
+            run = partial(evaluate_graph, *args, math.inf) if aff == "ideal" else partial(evaluate_refined, *args)
             table[name][column] = evals.get(f"{name}|{refine}|{aff}|{gamma}", run)
         log(f"{name}: " + ", ".join(f"{c} {r['mIoU']:.1f}" for c, r in table[name].items()))
     single = LpossSettings(affinity="dino", dino_weights=affinity, gamma=1.0)
-    sensitivity = {str(t): evals.get(f"pretrained single pass|lposs|blend {t:g}|1.0", lambda: evaluate_graph(
-        pretrained, root, split, queries, "single", settings.stride, "lposs", single, t)) for t in STRENGTHS}
+    sensitivity = {str(t): evals.get(f"pretrained single pass|lposs|blend {t:g}|1.0", partial(
+        evaluate_graph, pretrained, root, split, queries, "single", settings.stride, "lposs", single, t))
+        for t in STRENGTHS}
     log("pretrained single pass, LPOSS at gamma 1 over blended graphs: "
         + ", ".join(f"strength {t} {r['mIoU']:.1f}" for t, r in sensitivity.items()))
     report = {"world_key": world.key, "affinity_key": affinity_key(settings.affinity), "side": settings.side,

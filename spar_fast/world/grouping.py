@@ -30,7 +30,7 @@ def segment_grids(label: np.ndarray, boxes, patch: int) -> list[torch.Tensor]:
         if h % patch or w % patch:
             raise ValueError(f"window {h}x{w} is not a multiple of the patch {patch}")
         ids = patch_segments(segments[None, y:y + h, x:x + w], patch)[0]      # [h/P * w/P], -1: none
-        code = F.one_hot(ids.clamp_min(0), count + 1)[:, 1:].float() * (ids > 0)[:, None]
+        code = F.one_hot(ids.clamp_min(0), count + 1)[:, 1:].float()  # column 0 (none) dropped
         grids.append(code.reshape(h // patch, w // patch, count))
     return grids
 
