@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
                     "(Fig. 1) and per unfreeze setting (Table 5), as report.json and plots. "
                     "'lposs --out DIR': mIoU of the single pass, the teacher and the student, "
                     "unrefined and with LPOSS / LPOSS+ over the world's affinity model (LPOSS's "
-                    "DINO in the world), as report.json.")
+                    "DINO in the world) and over the ideal graph (the labels' segments), as "
+                    "report.json.")
     p.add_argument("action", choices=ACTIONS, help="what to do")
     p.add_argument("dir", nargs="?", default=None, help="output folder of 'write'")
     p.add_argument("--out", default=None, metavar="DIR",
